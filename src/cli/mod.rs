@@ -1,0 +1,336 @@
+//! Command-line interface: `serve`, `check`, `geo lookup`.
+//!
+//! Each subcommand loads and validates the topology through `config`
+//! before doing anything else; bad configuration exits with 64 (EX_USAGE)
+//! before any port is bound.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Topology};
+use crate::geo::GeoDb;
+use crate::placement;
+
+/// sysexits.h EX_USAGE: bad configuration or arguments.
+const EX_USAGE: u8 = 64;
+/// sysexits.h EX_SOFTWARE: a runtime failure.
+const EX_SOFTWARE: u8 = 70;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fnroute",
+    version,
+    about = "Edge function router: reach stateless functions by name"
+)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run edge nodes of a topology.
+    Serve {
+        /// Topology file (default: the embedded edge-config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The edge to run (default: the only edge, or the first one).
+        #[arg(long, conflicts_with = "all")]
+        node: Option<String>,
+        /// Run every edge of the topology in this process.
+        #[arg(long)]
+        all: bool,
+        /// How long in-flight work may take to finish on shutdown.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Validate a topology and print a summary.
+    Check {
+        /// Topology file.
+        file: PathBuf,
+    },
+    /// Geo database tools.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GeoCommand {
+    /// What the database says about an address, and the nearest edge.
+    Lookup {
+        /// IPv4 or IPv6 address.
+        addr: IpAddr,
+        /// Database file (default: the topology's geo_db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Topology file (default: the embedded edge-config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+    }
+}
+
+/// The embedded default topology: `edge-config/local.toml` in the current
+/// directory if there is one, else the one next to the sources this binary
+/// was built from.
+pub fn default_topology_path() -> PathBuf {
+    let here = PathBuf::from(config::DEFAULT_TOPOLOGY);
+    if here.is_file() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(config::DEFAULT_TOPOLOGY)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Geo {
+            command: GeoCommand::Lookup { addr, db, config },
+        } => geo_lookup(addr, db, config),
+        Command::Serve {
+            config,
+            node,
+            all,
+            grace,
+        } => serve(config, node, all, grace),
+    }
+}
+
+/// `FNROUTE_LOG` (or `RUST_LOG`) filter, default `warn,fnroute=info`.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FNROUTE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,fnroute=info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("fnroute: bad log filter {filter:?} ({e}); using the default");
+        EnvFilter::new("warn,fnroute=info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+}
+
+fn load(path: &Path) -> Result<Topology, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+fn check(file: &Path) -> ExitCode {
+    let topo = match load(file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    print!("{}", summary(&topo));
+    ExitCode::SUCCESS
+}
+
+/// A readable summary of a valid topology (`fnroute check`).
+pub fn summary(t: &Topology) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: ok", t.source.display());
+    let _ = writeln!(s, "zone {}  geo_db {}", t.zone, t.geo_db.display());
+    let _ = writeln!(
+        s,
+        "dns ttl {}s, {} answer(s), spill-over above {:.0}% load",
+        t.dns.ttl,
+        t.dns.answers,
+        t.dns.load_threshold * 100.0
+    );
+    let _ = writeln!(s, "\n{} edge(s):", t.edges.len());
+    for e in &t.edges {
+        let addrs: Vec<String> = e.addresses.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  {:<10} ({:>7.2}, {:>7.2})  addresses {}  dns {}  quic {}  admin {}  capacity {}",
+            e.name,
+            e.location.lat,
+            e.location.lon,
+            addrs.join(","),
+            e.dns_listen,
+            e.quic_listen,
+            e.admin_listen,
+            e.capacity
+        );
+    }
+    let _ = writeln!(s, "\n{} function(s):", t.functions.len());
+    for f in &t.functions {
+        let edges: Vec<&str> = f
+            .edges
+            .iter()
+            .filter_map(|&i| t.edges.get(i).map(|e| e.name.as_str()))
+            .collect();
+        let mut extra = Vec::new();
+        if f.idempotent {
+            extra.push("idempotent".to_string());
+        }
+        if let Some(c) = &f.cache {
+            extra.push(format!("cache {}s", c.ttl.as_secs()));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<16} {:?} on {}  memory {} MB  timeout {} ms  workers {}..{}{}{}",
+            f.name,
+            f.executor.kind,
+            edges.join(","),
+            f.memory_mb,
+            f.timeout.as_millis(),
+            f.concurrency_min,
+            f.concurrency_max,
+            if extra.is_empty() { "" } else { "  " },
+            extra.join(", ")
+        );
+    }
+    s
+}
+
+fn geo_lookup(addr: IpAddr, db: Option<PathBuf>, config_path: Option<PathBuf>) -> ExitCode {
+    let path = config_path.unwrap_or_else(default_topology_path);
+    let topo = match load(&path) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let db_path = db.unwrap_or_else(|| topo.geo_db.clone());
+    let geo = match GeoDb::open(&db_path, topo.default_location) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("fnroute: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let a = geo.lookup(addr);
+    println!("address    {addr}");
+    println!("database   {}", db_path.display());
+    if a.known {
+        println!("location   {:.4}, {:.4}", a.location.lat, a.location.lon);
+    } else {
+        println!(
+            "location   unknown; default {:.4}, {:.4}",
+            a.location.lat, a.location.lon
+        );
+    }
+    println!("country    {}", a.country_str().unwrap_or("-"));
+    println!("continent  {}", a.continent_str().unwrap_or("-"));
+    println!("network    /{}", a.prefix_len);
+    if let Some(city) = geo
+        .describe(addr)
+        .and_then(|v| v.pointer("/city/names/en").cloned())
+    {
+        println!("city       {}", city.as_str().unwrap_or("-"));
+    }
+    let all: Vec<usize> = (0..topo.edges.len()).collect();
+    let view = placement::View::from_topology(Arc::new(topo), 0);
+    let ranking = placement::rank(&view, &all, a.location);
+    for (i, c) in ranking.candidates.iter().enumerate() {
+        let name = view
+            .topology
+            .edges
+            .get(c.edge)
+            .map(|e| e.name.as_str())
+            .unwrap_or("?");
+        println!(
+            "{}  {:<10} {:>8.0} km",
+            if i == 0 { "nearest" } else { "       " },
+            name,
+            c.distance_km
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    node: Option<String>,
+    all: bool,
+    grace: Duration,
+) -> ExitCode {
+    let path = config_path.unwrap_or_else(default_topology_path);
+    let topo = match load(&path) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let edges: Vec<usize> = if all {
+        (0..topo.edges.len()).collect()
+    } else {
+        match node {
+            Some(name) => match topo.edge_id(&name.to_ascii_lowercase()) {
+                Some(id) => vec![id],
+                None => {
+                    let known: Vec<&str> = topo.edges.iter().map(|e| e.name.as_str()).collect();
+                    eprintln!(
+                        "fnroute: unknown edge {name:?} in {} (known: {})",
+                        path.display(),
+                        known.join(", ")
+                    );
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+            None => vec![0],
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fnroute: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    tracing::info!(config = %path.display(), "fnroute starting");
+    let result = runtime.block_on(async move {
+        let fleet = crate::node::Fleet::start(Arc::new(topo), &edges).await?;
+        crate::shutdown::signal().await;
+        tracing::info!(?grace, "shutting down");
+        fleet.shutdown(grace).await;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fnroute: {e:#}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Validated topology: what the rest of fnroute reads. Every value here has
+//! passed validation, so consumers never re-check names, ranges or paths.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::geo::Location;
+
+/// One fleet: zone, edges and functions, as loaded from one TOML file.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The file this topology was read from.
+    pub source: PathBuf,
+    /// The zone, lower case, fully qualified (ends with a dot).
+    pub zone: String,
+    pub geo_db: PathBuf,
+    pub default_location: Location,
+    /// Where generated state (development certificates) lives.
+    pub state_dir: PathBuf,
+    pub dns: DnsSettings,
+    pub quic: QuicSettings,
+    pub tls: Option<TlsFiles>,
+    pub executors: ExecutorSettings,
+    pub edges: Vec<Edge>,
+    pub functions: Vec<Function>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub ttl: u32,
+    pub answers: usize,
+    /// Share of `capacity` above which an edge spills over to the next.
+    pub load_threshold: f64,
+    pub serial: u32,
+    pub rate_limit: Option<RateLimit>,
+    pub udp_sockets: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub responses_per_second: f64,
+    pub burst: f64,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub slip: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuicSettings {
+    pub max_payload_bytes: u64,
+    pub max_connections: u32,
+    pub max_streams_per_connection: u32,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: u32,
+    pub body_read_timeout: Duration,
+    pub enable_0rtt: bool,
+    pub udp_buffer_bytes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub keep_warm: Duration,
+    pub queue: u32,
+    pub queue_timeout: Duration,
+}
+
+/// Index of an edge in `Topology::edges`.
+pub type EdgeId = usize;
+
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub name: String,
+    pub location: Location,
+    pub addresses: Vec<IpAddr>,
+    pub dns_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// A DNS label, lower case.
+    pub name: String,
+    /// The edges hosting it, in topology order.
+    pub edges: Vec<EdgeId>,
+    pub executor: Executor,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    pub concurrency_min: u32,
+    pub concurrency_max: u32,
+    pub cache: Option<CachePolicy>,
+    pub idempotent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Worker processes speaking the AWS Lambda Runtime API.
+    Lambda,
+    /// One process per invocation: event on stdin, result on stdout.
+    Command,
+}
+
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub kind: ExecutorKind,
+    /// argv; `command[0]` is resolved (absolute path).
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub handler: Option<String>,
+    /// Working directory of the process: the topology file's folder.
+    pub workdir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub vary: Vec<String>,
+}
+
+impl Topology {
+    pub fn edge_id(&self, name: &str) -> Option<EdgeId> {
+        self.edges.iter().position(|e| e.name == name)
+    }
+
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.functions
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+    }
+}
+
+impl Function {
+    pub fn hosted_on(&self, edge: EdgeId) -> bool {
+        self.edges.contains(&edge)
+    }
+}

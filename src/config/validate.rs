@@ -1,0 +1,745 @@
+//! Turns raw TOML into a validated `Topology`, collecting every problem.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::{ConfigError, ConfigErrors};
+use crate::geo::Location;
+
+/// Defaults, named so docs and code agree.
+pub(crate) const DEFAULT_TTL: u32 = 20;
+pub(crate) const DEFAULT_CAPACITY: u32 = 256;
+pub(crate) const DEFAULT_MEMORY_MB: u32 = 128;
+pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 3000;
+pub(crate) const DEFAULT_CONCURRENCY_MAX: u32 = 8;
+pub(crate) const DEFAULT_LOAD_THRESHOLD: f64 = 0.8;
+pub(crate) const DEFAULT_MAX_PAYLOAD: u64 = 6 * 1024 * 1024;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<Option<String>>,
+    ) {
+        let (line, column) = span.map(|s| line_col(self.text, s.start)).unwrap_or((0, 0));
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// Resolves a path relative to the topology file's folder.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir(self.file).join(p)
+        }
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors> {
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawTopology = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let fix = if e.message().contains("unknown field") {
+                Some("remove or correct the key; docs/configuration.md lists every key".into())
+            } else {
+                Some("correct the TOML syntax or value type at that place".into())
+            };
+            cx.err(e.span(), "", e.message().trim().to_string(), fix);
+            return Err(ConfigErrors(cx.errors));
+        }
+    };
+
+    let zone = check_zone(&mut cx, &raw.zone);
+    let geo_db = cx.resolve(raw.geo_db.get_ref());
+    if !geo_db.is_file() {
+        cx.err(
+            Some(raw.geo_db.span()),
+            "geo_db",
+            format!("geo database {} does not exist", geo_db.display()),
+            Some(
+                "point geo_db at a MaxMind-format .mmdb file (relative paths are relative to the topology file); see docs/geo.md"
+                    .into(),
+            ),
+        );
+    }
+    let default_location = check_location(&mut cx, &raw.default_location, "default_location");
+    let state_dir = match &raw.state_dir {
+        Some(s) => cx.resolve(s.get_ref()),
+        None => base_dir(file).join("../state"),
+    };
+
+    let dns = check_dns(&mut cx, &raw.dns);
+    let quic = check_quic(&mut cx, &raw.quic);
+    let tls = raw.tls.as_ref().map(|t| {
+        let cert = cx.resolve(t.cert.get_ref());
+        let key = cx.resolve(t.key.get_ref());
+        for (what, p, span) in [("cert", &cert, t.cert.span()), ("key", &key, t.key.span())] {
+            if !p.is_file() {
+                cx.err(
+                    Some(span),
+                    format!("tls.{what}"),
+                    format!("{} does not exist", p.display()),
+                    Some(format!(
+                        "give a PEM {what} file, or remove [tls] to use a generated development certificate"
+                    )),
+                );
+            }
+        }
+        TlsFiles { cert, key }
+    });
+    let executors = ExecutorSettings {
+        keep_warm: Duration::from_millis(raw.executors.keep_warm_ms.unwrap_or(60_000)),
+        queue: raw.executors.queue.unwrap_or(64),
+        queue_timeout: Duration::from_millis(raw.executors.queue_timeout_ms.unwrap_or(1_000)),
+    };
+
+    let edges = check_edges(&mut cx, &raw.edge);
+    let functions = check_functions(&mut cx, &raw.function, &edges);
+
+    if cx.errors.is_empty() {
+        Ok(Topology {
+            source: file.to_path_buf(),
+            zone,
+            geo_db,
+            default_location,
+            state_dir,
+            dns,
+            quic,
+            tls,
+            executors,
+            edges,
+            functions,
+        })
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+fn check_zone(cx: &mut Ctx<'_>, zone: &Spanned<String>) -> String {
+    let mut z = zone.get_ref().trim().to_ascii_lowercase();
+    if !z.ends_with('.') {
+        z.push('.');
+    }
+    let labels: Vec<&str> = z.trim_end_matches('.').split('.').collect();
+    let bad = z == "."
+        || z.len() > 254
+        || labels
+            .iter()
+            .any(|l| !(is_dns_label(l) || l.strip_prefix('_').is_some_and(is_dns_label)));
+    if bad {
+        cx.err(
+            Some(zone.span()),
+            "zone",
+            format!("zone {:?} is not a valid DNS name", zone.get_ref()),
+            Some(
+                "use dot-separated labels of letters, digits and hyphens, e.g. \"fn.example.com.\""
+                    .into(),
+            ),
+        );
+    }
+    z
+}
+
+/// A DNS label of letters, digits and hyphens, 1 to 63 long, not starting
+/// or ending with a hyphen (RFC 1035 / RFC 1123 host names).
+pub(crate) fn is_dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+fn check_location(cx: &mut Ctx<'_>, loc: &Spanned<RawLocation>, key: &str) -> Location {
+    let l = *loc.get_ref();
+    if !(-90.0..=90.0).contains(&l.lat) || !l.lat.is_finite() {
+        cx.err(
+            Some(loc.span()),
+            format!("{key}.lat"),
+            format!("latitude {} is out of range", l.lat),
+            Some("latitude must be between -90 and 90 degrees".into()),
+        );
+    }
+    if !(-180.0..=180.0).contains(&l.lon) || !l.lon.is_finite() {
+        cx.err(
+            Some(loc.span()),
+            format!("{key}.lon"),
+            format!("longitude {} is out of range", l.lon),
+            Some("longitude must be between -180 and 180 degrees".into()),
+        );
+    }
+    Location {
+        lat: l.lat,
+        lon: l.lon,
+    }
+}
+
+fn check_dns(cx: &mut Ctx<'_>, d: &RawDns) -> DnsSettings {
+    let ttl = d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(DEFAULT_TTL);
+    if let Some(t) = &d.ttl {
+        if *t.get_ref() > 86_400 {
+            cx.err(
+                Some(t.span()),
+                "dns.ttl",
+                format!("ttl {} is longer than a day", t.get_ref()),
+                Some("use a short TTL (tens of seconds) so failover is quick".into()),
+            );
+        }
+    }
+    let answers = d.answers.as_ref().map(|a| *a.get_ref()).unwrap_or(1);
+    if let Some(a) = &d.answers {
+        if *a.get_ref() == 0 || *a.get_ref() > 16 {
+            cx.err(
+                Some(a.span()),
+                "dns.answers",
+                format!("answers = {} is out of range", a.get_ref()),
+                Some("list between 1 and 16 edges per answer".into()),
+            );
+        }
+    }
+    let load_threshold = d
+        .load_threshold
+        .as_ref()
+        .map(|t| *t.get_ref())
+        .unwrap_or(DEFAULT_LOAD_THRESHOLD);
+    if let Some(t) = &d.load_threshold {
+        if !(0.0..=1.0).contains(t.get_ref()) || *t.get_ref() == 0.0 {
+            cx.err(
+                Some(t.span()),
+                "dns.load_threshold",
+                format!("load_threshold {} is out of range", t.get_ref()),
+                Some("give a share of capacity greater than 0 and at most 1, e.g. 0.8".into()),
+            );
+        }
+    }
+    let rate_limit = d.rate_limit.as_ref().map(|r| {
+        let raw = *r.get_ref();
+        let rl = RateLimit {
+            responses_per_second: raw.responses_per_second,
+            burst: raw.burst.unwrap_or(raw.responses_per_second * 2.0),
+            ipv4_prefix: raw.ipv4_prefix.unwrap_or(24),
+            ipv6_prefix: raw.ipv6_prefix.unwrap_or(56),
+            slip: raw.slip.unwrap_or(2),
+        };
+        if rl.responses_per_second.is_nan()
+            || rl.responses_per_second <= 0.0
+            || rl.burst.is_nan()
+            || rl.burst < 1.0
+            || rl.ipv4_prefix > 32
+            || rl.ipv6_prefix > 128
+        {
+            cx.err(
+                Some(r.span()),
+                "dns.rate_limit",
+                "rate limit values are out of range".to_string(),
+                Some(
+                    "responses_per_second > 0, burst >= 1, ipv4_prefix <= 32, ipv6_prefix <= 128"
+                        .into(),
+                ),
+            );
+        }
+        rl
+    });
+    let udp_sockets = d.udp_sockets.as_ref().map(|s| *s.get_ref()).unwrap_or(0);
+    if let Some(s) = &d.udp_sockets {
+        if *s.get_ref() > 64 {
+            cx.err(
+                Some(s.span()),
+                "dns.udp_sockets",
+                format!("udp_sockets = {} is too many", s.get_ref()),
+                Some("use 0 (one per core) up to 64".into()),
+            );
+        }
+    }
+    DnsSettings {
+        ttl,
+        answers: answers as usize,
+        load_threshold,
+        serial: d.serial.unwrap_or(1),
+        rate_limit,
+        udp_sockets: udp_sockets as usize,
+    }
+}
+
+fn check_quic(cx: &mut Ctx<'_>, q: &RawQuic) -> QuicSettings {
+    let max_payload_bytes = q
+        .max_payload_bytes
+        .as_ref()
+        .map(|m| *m.get_ref())
+        .unwrap_or(DEFAULT_MAX_PAYLOAD);
+    if let Some(m) = &q.max_payload_bytes {
+        if *m.get_ref() == 0 || *m.get_ref() > 1 << 30 {
+            cx.err(
+                Some(m.span()),
+                "quic.max_payload_bytes",
+                format!("max_payload_bytes = {} is out of range", m.get_ref()),
+                Some("use 1 byte up to 1 GiB (default 6 MiB)".into()),
+            );
+        }
+    }
+    QuicSettings {
+        max_payload_bytes,
+        max_connections: q.max_connections.unwrap_or(10_000),
+        max_streams_per_connection: q.max_streams_per_connection.unwrap_or(256),
+        idle_timeout: Duration::from_millis(q.idle_timeout_ms.unwrap_or(30_000)),
+        max_header_bytes: q.max_header_bytes.unwrap_or(16 * 1024),
+        body_read_timeout: Duration::from_millis(q.body_read_timeout_ms.unwrap_or(10_000)),
+        enable_0rtt: q.enable_0rtt.unwrap_or(false),
+        udp_buffer_bytes: q.udp_buffer_bytes.unwrap_or(4 * 1024 * 1024),
+    }
+}
+
+fn parse_listen(cx: &mut Ctx<'_>, s: &Spanned<String>, key: String) -> SocketAddr {
+    match s.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            cx.err(
+                Some(s.span()),
+                key,
+                format!("{:?} is not an address with a port", s.get_ref()),
+                Some("write IP:PORT, e.g. \"127.0.0.1:5300\" or \"[::1]:5300\"".into()),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}
+
+fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    // (address, what, span) for the clash check.
+    let mut listeners: Vec<(SocketAddr, String, Range<usize>)> = Vec::new();
+    if raw.is_empty() {
+        cx.err(
+            None,
+            "edge",
+            "the topology has no [[edge]]",
+            Some("add at least one [[edge]] table".to_string()),
+        );
+    }
+    for (i, se) in raw.iter().enumerate() {
+        let e = se.get_ref();
+        let name = e.name.get_ref().to_ascii_lowercase();
+        let key = format!("edge.{name}");
+        if !is_dns_label(&name) {
+            cx.err(
+                Some(e.name.span()),
+                format!("{key}.name"),
+                format!("edge name {:?} is not a valid DNS label", e.name.get_ref()),
+                Some("use letters, digits and hyphens (1 to 63), e.g. \"fra\"".into()),
+            );
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            let first_line = raw
+                .get(first)
+                .map(|f| line_col(cx.text, f.get_ref().name.span().start).0)
+                .unwrap_or(0);
+            cx.err(
+                Some(e.name.span()),
+                format!("{key}.name"),
+                format!("duplicate edge name {name:?} (first defined on line {first_line})"),
+                Some("give every [[edge]] a unique name".into()),
+            );
+        }
+        let location = check_location(cx, &e.location, &format!("{key}.location"));
+        let mut addresses = Vec::new();
+        for a in e.addresses.get_ref() {
+            match a.get_ref().parse::<IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => cx.err(
+                    Some(a.span()),
+                    format!("{key}.addresses"),
+                    format!("{:?} is not an IP address", a.get_ref()),
+                    Some("list IPv4 or IPv6 addresses without ports".into()),
+                ),
+            }
+        }
+        if e.addresses.get_ref().is_empty() {
+            cx.err(
+                Some(e.addresses.span()),
+                format!("{key}.addresses"),
+                "an edge needs at least one address for DNS to hand out",
+                Some("add the edge's public IPv4 and/or IPv6 address".to_string()),
+            );
+        }
+        let dns_listen = parse_listen(cx, &e.dns_listen, format!("{key}.dns_listen"));
+        let quic_listen = parse_listen(cx, &e.quic_listen, format!("{key}.quic_listen"));
+        listeners.push((dns_listen, format!("{key}.dns_listen"), e.dns_listen.span()));
+        listeners.push((
+            quic_listen,
+            format!("{key}.quic_listen"),
+            e.quic_listen.span(),
+        ));
+        let admin_listen = match &e.admin_listen {
+            Some(a) => {
+                let addr = parse_listen(cx, a, format!("{key}.admin_listen"));
+                listeners.push((addr, format!("{key}.admin_listen"), a.span()));
+                addr
+            }
+            // Loopback by default, on an ephemeral port: admin is opt-in.
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let capacity = e
+            .capacity
+            .as_ref()
+            .map(|c| *c.get_ref())
+            .unwrap_or(DEFAULT_CAPACITY);
+        if let Some(c) = &e.capacity {
+            if *c.get_ref() == 0 {
+                cx.err(
+                    Some(c.span()),
+                    format!("{key}.capacity"),
+                    "capacity 0 means the edge can run nothing",
+                    Some(
+                        "give the number of concurrent invocations the edge accepts, e.g. 256"
+                            .to_string(),
+                    ),
+                );
+            }
+        }
+        edges.push(Edge {
+            name,
+            location,
+            addresses,
+            dns_listen,
+            quic_listen,
+            admin_listen,
+            capacity,
+        });
+    }
+    for i in 0..listeners.len() {
+        for j in 0..i {
+            let (a, ka, _) = &listeners[j];
+            let (b, kb, span) = &listeners[i];
+            if a.port() != 0 && clashes(*a, *b) {
+                cx.err(
+                    Some(span.clone()),
+                    kb.clone(),
+                    format!("listen address {b} clashes with {ka} ({a})"),
+                    Some("give every listener its own address or port".into()),
+                );
+            }
+        }
+    }
+    edges
+}
+
+/// Two listeners clash when they would bind the same port on overlapping
+/// addresses (the same IP, or a wildcard of the same family).
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+fn check_functions(
+    cx: &mut Ctx<'_>,
+    raw: &[Spanned<RawFunction>],
+    edges: &[Edge],
+) -> Vec<Function> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let edge_names: Vec<&str> = edges.iter().map(|e| e.name.as_str()).collect();
+    for (i, sf) in raw.iter().enumerate() {
+        let f = sf.get_ref();
+        let name = f.name.get_ref().to_ascii_lowercase();
+        let key = format!("function.{name}");
+        if !is_dns_label(&name) {
+            cx.err(
+                Some(f.name.span()),
+                format!("{key}.name"),
+                format!("function name {:?} is not a valid DNS label", f.name.get_ref()),
+                Some("use letters, digits and hyphens (1 to 63 characters, no leading or trailing hyphen); clients reach it as <name>.<zone>".into()),
+            );
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            let first_line = raw
+                .get(first)
+                .map(|f| line_col(cx.text, f.get_ref().name.span().start).0)
+                .unwrap_or(0);
+            cx.err(
+                Some(f.name.span()),
+                format!("{key}.name"),
+                format!("duplicate function name {name:?} (first defined on line {first_line})"),
+                Some("give every [[function]] a unique name (names are case-insensitive)".into()),
+            );
+        }
+        let hosted: Vec<EdgeId> = match &f.edges {
+            None => (0..edges.len()).collect(),
+            Some(list) => {
+                if list.is_empty() {
+                    cx.err(
+                        Some(f.name.span()),
+                        format!("{key}.edges"),
+                        "edges = [] hosts the function nowhere",
+                        Some(
+                            "list at least one edge, or omit `edges` to host it on every edge"
+                                .to_string(),
+                        ),
+                    );
+                }
+                let mut ids = Vec::new();
+                for e in list {
+                    let en = e.get_ref().to_ascii_lowercase();
+                    match edge_names.iter().position(|n| *n == en) {
+                        Some(id) if ids.contains(&id) => cx.err(
+                            Some(e.span()),
+                            format!("{key}.edges"),
+                            format!("edge {en:?} is listed twice"),
+                            Some("list each edge once".to_string()),
+                        ),
+                        Some(id) => ids.push(id),
+                        None => cx.err(
+                            Some(e.span()),
+                            format!("{key}.edges"),
+                            format!(
+                                "unknown edge {:?} (known: {})",
+                                e.get_ref(),
+                                edge_names.join(", ")
+                            ),
+                            Some(format!(
+                                "add an [[edge]] named {:?} or correct the name",
+                                e.get_ref()
+                            )),
+                        ),
+                    }
+                }
+                ids
+            }
+        };
+        let executor = check_executor(cx, &f.executor, &key);
+        let memory_mb = f
+            .memory_mb
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .unwrap_or(DEFAULT_MEMORY_MB);
+        if let Some(m) = &f.memory_mb {
+            if !(16..=65_536).contains(m.get_ref()) {
+                cx.err(
+                    Some(m.span()),
+                    format!("{key}.memory_mb"),
+                    format!("memory_mb = {} is out of range", m.get_ref()),
+                    Some("give between 16 and 65536 MB".into()),
+                );
+            }
+        }
+        let timeout_ms = f
+            .timeout_ms
+            .as_ref()
+            .map(|t| *t.get_ref())
+            .unwrap_or(DEFAULT_TIMEOUT_MS);
+        if let Some(t) = &f.timeout_ms {
+            if *t.get_ref() == 0 || *t.get_ref() > 15 * 60 * 1000 {
+                cx.err(
+                    Some(t.span()),
+                    format!("{key}.timeout_ms"),
+                    format!("timeout_ms = {} is out of range", t.get_ref()),
+                    Some("give between 1 ms and 15 minutes (900000)".into()),
+                );
+            }
+        }
+        let (cmin, cmax) = match &f.concurrency {
+            None => (0, DEFAULT_CONCURRENCY_MAX),
+            Some(c) => {
+                let raw = *c.get_ref();
+                let max = raw.max.unwrap_or(DEFAULT_CONCURRENCY_MAX);
+                let min = raw.min.unwrap_or(0);
+                if max == 0 || min > max || max > 4096 {
+                    cx.err(
+                        Some(c.span()),
+                        format!("{key}.concurrency"),
+                        format!("concurrency min = {min}, max = {max} is not a valid range"),
+                        Some("use 0 <= min <= max, 1 <= max <= 4096".into()),
+                    );
+                }
+                (min, max)
+            }
+        };
+        let cache = f.cache.as_ref().map(|c| {
+            let r = c.get_ref();
+            if r.ttl_s == 0 {
+                cx.err(
+                    Some(c.span()),
+                    format!("{key}.cache.ttl_s"),
+                    "ttl_s = 0 caches nothing",
+                    Some(
+                        "remove `cache` to make the function uncacheable, or give ttl_s >= 1"
+                            .to_string(),
+                    ),
+                );
+            }
+            CachePolicy {
+                ttl: Duration::from_secs(r.ttl_s),
+                stale_while_revalidate: Duration::from_secs(
+                    r.stale_while_revalidate_s.unwrap_or(0),
+                ),
+                stale_if_error: Duration::from_secs(r.stale_if_error_s.unwrap_or(0)),
+                vary: r.vary.iter().map(|v| v.to_ascii_lowercase()).collect(),
+            }
+        });
+        out.push(Function {
+            name,
+            edges: hosted,
+            executor,
+            memory_mb,
+            timeout: Duration::from_millis(timeout_ms),
+            concurrency_min: cmin,
+            concurrency_max: cmax,
+            cache,
+            idempotent: f.idempotent,
+        });
+    }
+    out
+}
+
+fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Executor {
+    let r = e.get_ref();
+    let kind = match r.kind.get_ref().as_str() {
+        "lambda" => ExecutorKind::Lambda,
+        "command" => ExecutorKind::Command,
+        other => {
+            cx.err(
+                Some(r.kind.span()),
+                format!("{key}.executor.kind"),
+                format!("unknown executor kind {other:?}"),
+                Some("use \"lambda\" (AWS Lambda Runtime API workers) or \"command\" (one process per invocation)".into()),
+            );
+            ExecutorKind::Command
+        }
+    };
+    let workdir = base_dir(cx.file);
+    let mut command = r.command.get_ref().clone();
+    match command.first() {
+        None => cx.err(
+            Some(r.command.span()),
+            format!("{key}.executor.command"),
+            "the command is empty",
+            Some("give the program and its arguments, e.g. [\"python3\", \"functions/echo.py\"]".to_string()),
+        ),
+        Some(prog) => match find_program(prog, &workdir) {
+            Some(p) => command[0] = p.to_string_lossy().into_owned(),
+            None => cx.err(
+                Some(r.command.span()),
+                format!("{key}.executor.command"),
+                format!("program {prog:?} cannot be found"),
+                Some(if prog.contains('/') {
+                    "check the path (relative paths are relative to the topology file) and that it is executable".to_string()
+                } else {
+                    "install it or give its full path; it is not on PATH".to_string()
+                }),
+            ),
+        },
+    }
+    Executor {
+        kind,
+        command,
+        env: r.env.clone(),
+        handler: r.handler.clone(),
+        workdir,
+    }
+}
+
+/// Finds an executable: a path (relative to `base`) if it has a slash,
+/// else the first match on `PATH`.
+pub(crate) fn find_program(prog: &str, base: &Path) -> Option<PathBuf> {
+    if prog.contains('/') {
+        let p = if Path::new(prog).is_absolute() {
+            PathBuf::from(prog)
+        } else {
+            base.join(prog)
+        };
+        return is_executable(&p).then(|| p.canonicalize().unwrap_or(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn labels() {
+        for ok in ["a", "echo", "edit-front-end", "x1"] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clash_rules() {
+        let a: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let b: SocketAddr = "0.0.0.0:53".parse().unwrap();
+        let c: SocketAddr = "127.0.0.2:53".parse().unwrap();
+        assert!(clashes(a, a));
+        assert!(clashes(a, b));
+        assert!(!clashes(a, c));
+    }
+}

@@ -1,0 +1,13 @@
+//! fnroute: an edge function router. Clients reach stateless functions by
+//! name; DNS and QUIC front doors send them to the nearest healthy edge.
+//!
+//! The map of the code, its data flow and its invariants are in
+//! `docs/ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod config;
+pub mod geo;
+pub mod mesh;
+pub mod node;
+pub mod placement;
+pub mod shutdown;

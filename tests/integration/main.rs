@@ -1,0 +1,4 @@
+//! One integration-test binary (faster builds); each area is a module.
+
+mod config;
+mod geo;
