@@ -58,6 +58,7 @@ impl Fleet {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
+        tasks.spawn(reload_on_sighup(geo.clone(), token.child_token()));
         let mut contexts = Vec::new();
         for &edge in edges {
             let cx = EdgeContext {
@@ -109,6 +110,29 @@ impl Fleet {
             .is_err()
         {
             tracing::warn!(?grace, "grace period expired; stopping remaining tasks");
+        }
+    }
+}
+
+/// SIGHUP re-reads the geo database (a corrupt file is rejected and the
+/// database in use kept).
+async fn reload_on_sighup(geo: Arc<GeoDb>, token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload by replacing the file");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading the geo database");
+        if let Err(error) = geo.reload() {
+            tracing::error!(%error, "new geo database rejected; keeping the old one");
         }
     }
 }
