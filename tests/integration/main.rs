@@ -1,4 +1,6 @@
 //! One integration-test binary (faster builds); each area is a module.
+//! Test helpers may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod config;
 mod geo;
