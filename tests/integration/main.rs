@@ -2,5 +2,6 @@
 //! Test helpers may unwrap: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod cli;
 mod config;
 mod geo;
