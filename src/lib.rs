@@ -4,6 +4,7 @@
 //! The map of the code, its data flow and its invariants are in
 //! `docs/ARCHITECTURE.md`.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod exec;

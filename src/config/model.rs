@@ -84,6 +84,8 @@ pub struct Edge {
     pub quic_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub capacity: u32,
+    /// Byte bound of the edge's response cache.
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +128,8 @@ pub struct CachePolicy {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     pub vary: Vec<String>,
+    /// Cache function errors this long (negative caching); `None`: never.
+    pub negative_ttl: Option<Duration>,
 }
 
 impl Topology {

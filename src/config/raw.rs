@@ -104,6 +104,8 @@ pub(crate) struct RawEdge {
     pub(crate) quic_listen: Spanned<String>,
     pub(crate) admin_listen: Option<Spanned<String>>,
     pub(crate) capacity: Option<Spanned<u32>>,
+    /// Bytes of the edge's response cache (entries, keys and headers).
+    pub(crate) cache_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +146,8 @@ pub(crate) struct RawCache {
     pub(crate) ttl_s: u64,
     pub(crate) stale_while_revalidate_s: Option<u64>,
     pub(crate) stale_if_error_s: Option<u64>,
+    /// Cache function errors this long (negative caching; off if absent).
+    pub(crate) negative_ttl_s: Option<u64>,
     #[serde(default)]
     pub(crate) vary: Vec<String>,
 }

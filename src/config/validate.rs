@@ -21,6 +21,9 @@ pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 3000;
 pub(crate) const DEFAULT_CONCURRENCY_MAX: u32 = 8;
 pub(crate) const DEFAULT_LOAD_THRESHOLD: f64 = 0.8;
 pub(crate) const DEFAULT_MAX_PAYLOAD: u64 = 6 * 1024 * 1024;
+pub(crate) const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_CACHE_BYTES: u64 = 1 << 40;
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -446,6 +449,23 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
                 );
             }
         }
+        let cache_bytes = e
+            .cache_bytes
+            .as_ref()
+            .map(|c| *c.get_ref())
+            .unwrap_or(DEFAULT_CACHE_BYTES);
+        if let Some(c) = &e.cache_bytes {
+            if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(c.get_ref()) {
+                cx.err(
+                    Some(c.span()),
+                    format!("{key}.cache_bytes"),
+                    format!("cache_bytes = {} is out of range", c.get_ref()),
+                    Some(format!(
+                        "give between {MIN_CACHE_BYTES} (1 MiB) and {MAX_CACHE_BYTES} (1 TiB); the default is {DEFAULT_CACHE_BYTES} (64 MiB)"
+                    )),
+                );
+            }
+        }
         edges.push(Edge {
             name,
             location,
@@ -454,6 +474,7 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
             quic_listen,
             admin_listen,
             capacity,
+            cache_bytes,
         });
     }
     for i in 0..listeners.len() {
@@ -618,6 +639,16 @@ fn check_functions(
                     ),
                 );
             }
+            if r.negative_ttl_s == Some(0) {
+                cx.err(
+                    Some(c.span()),
+                    format!("{key}.cache.negative_ttl_s"),
+                    "negative_ttl_s = 0 caches no error",
+                    Some(
+                        "remove negative_ttl_s to never cache errors, or give it >= 1".to_string(),
+                    ),
+                );
+            }
             CachePolicy {
                 ttl: Duration::from_secs(r.ttl_s),
                 stale_while_revalidate: Duration::from_secs(
@@ -625,6 +656,7 @@ fn check_functions(
                 ),
                 stale_if_error: Duration::from_secs(r.stale_if_error_s.unwrap_or(0)),
                 vary: r.vary.iter().map(|v| v.to_ascii_lowercase()).collect(),
+                negative_ttl: r.negative_ttl_s.map(Duration::from_secs),
             }
         });
         out.push(Function {
