@@ -373,8 +373,7 @@ const ENTRY_OVERHEAD: usize = 160;
 
 struct Inner<V, E> {
     store: moka::future::Cache<CacheKey, Arc<Entry<V, E>>>,
-    /// Runs in flight by key; waiters clone the receiver.
-    flights: Mutex<HashMap<CacheKey, watch::Receiver<Option<Landed<V, E>>>>>,
+    flights: Mutex<Flights<V, E>>,
     counters: Arc<Counters>,
     max_bytes: u64,
     /// Bumped by every purge: a flight that started before a purge does not
@@ -382,6 +381,10 @@ struct Inner<V, E> {
     purges: AtomicU64,
     tracker: Option<TaskTracker>,
 }
+
+/// Runs in flight by key: each waiter clones the receiver of the leader's
+/// outcome.
+type Flights<V, E> = HashMap<CacheKey, watch::Receiver<Option<Landed<V, E>>>>;
 
 struct Entry<V, E> {
     /// `Err` only under negative caching.
@@ -455,7 +458,7 @@ impl<V, E> Expiry<CacheKey, Arc<Entry<V, E>>> for EntryExpiry {
 }
 
 impl<V: Cacheable, E: CacheableError> Inner<V, E> {
-    fn flights(&self) -> MutexGuard<'_, HashMap<CacheKey, watch::Receiver<Option<Landed<V, E>>>>> {
+    fn flights(&self) -> MutexGuard<'_, Flights<V, E>> {
         // Nothing panics while holding the lock; recover anyway.
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
