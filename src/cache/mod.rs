@@ -357,6 +357,11 @@ impl<V: Cacheable, E: CacheableError> Cache<V, E> {
     }
 }
 
+/// Bytes each entry costs beyond its key and value in the byte bound: the
+/// `Entry`, its `Arc` and moka's per-entry bookkeeping, roughly. An entry
+/// weighs `key.weight() + ENTRY_OVERHEAD + value.weight()`.
+pub const ENTRY_OVERHEAD: usize = 160;
+
 impl Cacheable for Bytes {
     fn weight(&self) -> u32 {
         u32::try_from(self.len()).unwrap_or(u32::MAX)
@@ -366,10 +371,6 @@ impl Cacheable for Bytes {
         Directive::Default
     }
 }
-
-/// Bytes each entry costs beyond its key and value: the `Entry`, its `Arc`
-/// and moka's per-entry bookkeeping, roughly.
-const ENTRY_OVERHEAD: usize = 160;
 
 struct Inner<V, E> {
     store: moka::future::Cache<CacheKey, Arc<Entry<V, E>>>,
