@@ -249,3 +249,48 @@ cache = { ttl_s = 30, vary = ["accept-language"] }
         assert_eq!(function_version(&load(&moved)), base);
     }
 }
+
+mod never_panics {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use crate::cache::{command_directive, lambda_directive, Directive};
+
+    proptest! {
+        #[test]
+        fn directive_parse_never_lengthens(value in ".{0,80}", ttl_s in 1u64..100_000) {
+            let ttl = Duration::from_secs(ttl_s);
+            if let Some(t) = Directive::parse(&value).effective_ttl(ttl) {
+                prop_assert!(t <= ttl && !t.is_zero());
+            }
+        }
+
+        #[test]
+        fn directive_tokens_in_any_order(age in 0u64..1_000_000, junk in "[a-z=, \"-]{0,20}") {
+            let d = Directive::parse(&format!("{junk}, max-age={age}, {junk}"));
+            prop_assert!(matches!(d, Directive::MaxAge(_) | Directive::NoStore), "{d:?}");
+        }
+
+        #[test]
+        fn conventions_accept_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = command_directive(&bytes);
+            let _ = lambda_directive(&bytes);
+        }
+
+        #[test]
+        fn lambda_json_with_any_header_value(value in ".{0,40}", code in 0u64..1000) {
+            let result = serde_json::json!({
+                "statusCode": code,
+                "headers": { "Cache-Control": value },
+                "body": "x",
+            });
+            let d = lambda_directive(result.to_string().as_bytes());
+            if !(200..300).contains(&code) {
+                prop_assert_eq!(d, Directive::NoStore);
+            } else {
+                prop_assert_eq!(d, Directive::parse(&value));
+            }
+        }
+    }
+}

@@ -684,3 +684,44 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
         .await;
     assert_eq!((r.status, body(&r)), (CacheStatus::Hit, "waiter2".into()));
 }
+
+#[test]
+fn config_cache_bytes_and_negative_ttl() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-test.toml");
+    let t = config::parse(&path, TOPOLOGY).unwrap();
+    assert_eq!(t.edges[0].cache_bytes, 64 * MIB, "default");
+    assert_eq!(t.functions[0].cache.as_ref().unwrap().negative_ttl, None);
+
+    let text = TOPOLOGY
+        .replace(
+            "quic_listen = \"127.0.0.1:0\"",
+            "quic_listen = \"127.0.0.1:0\"\ncache_bytes = 2097152",
+        )
+        .replace("ttl_s = 30,", "ttl_s = 30, negative_ttl_s = 3,");
+    let t = config::parse(&path, &text).unwrap();
+    assert_eq!(t.edges[0].cache_bytes, 2 * MIB);
+    assert_eq!(
+        t.functions[0].cache.as_ref().unwrap().negative_ttl,
+        Some(secs(3))
+    );
+
+    let text = TOPOLOGY
+        .replace(
+            "quic_listen = \"127.0.0.1:0\"",
+            "quic_listen = \"127.0.0.1:0\"\ncache_bytes = 1000",
+        )
+        .replace("ttl_s = 30,", "ttl_s = 30, negative_ttl_s = 0,");
+    let errors = config::parse(&path, &text).unwrap_err().0;
+    let messages: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "edge.a.cache_bytes: cache_bytes = 1000 is out of range",
+            "function.greet.cache.negative_ttl_s: negative_ttl_s = 0 caches no error",
+        ]
+    );
+    assert!(errors[0].line > 0 && errors[0].fix.as_deref().unwrap().contains("1 MiB"));
+}
