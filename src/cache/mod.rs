@@ -523,9 +523,16 @@ impl<V: Cacheable, E: CacheableError> Inner<V, E> {
     {
         let key = flight.key.clone();
         // Another flight may have landed between our lookup and our
-        // registration: look again before running.
+        // registration: look again before running. `contains_key` first,
+        // because it does not count as a read for TinyLFU's popularity
+        // estimate: a plain miss must count once, not twice.
         let now = Instant::now();
-        if let Some(e) = self.store.get(&key).await {
+        let again = if self.store.contains_key(&key) {
+            self.store.get(&key).await
+        } else {
+            None
+        };
+        if let Some(e) = again {
             if e.life.freshness(now) == Freshness::Fresh {
                 flight.land(match &e.result {
                     Ok(value) => Landed::Value {
