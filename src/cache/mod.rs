@@ -105,6 +105,13 @@ pub struct Fetched<V, E> {
     pub age: Duration,
 }
 
+impl<V, E> Fetched<V, E> {
+    /// The `age` header value: whole seconds since the answer was produced.
+    pub fn age_secs(&self) -> u64 {
+        self.age.as_secs()
+    }
+}
+
 /// Cache failures.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
