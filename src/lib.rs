@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod exec;
 pub mod geo;
 pub mod mesh;
