@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Function, Topology};
 
@@ -34,11 +35,17 @@ pub(crate) struct CommandPool {
     queue_cap: usize,
     queue_timeout: Duration,
     meter: Arc<Meter>,
+    stop: CancellationToken,
     stats: Mutex<FunctionStats>,
 }
 
 impl CommandPool {
-    pub(crate) fn new(f: Function, topology: &Topology, meter: Arc<Meter>) -> Self {
+    pub(crate) fn new(
+        f: Function,
+        topology: &Topology,
+        meter: Arc<Meter>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             name: Arc::from(f.name.as_str()),
             permits: Arc::new(Semaphore::new(f.concurrency_max.max(1) as usize)),
@@ -47,6 +54,7 @@ impl CommandPool {
             queue_cap: topology.executors.queue as usize,
             queue_timeout: topology.executors.queue_timeout,
             meter,
+            stop,
             stats: Mutex::new(FunctionStats::default()),
             f,
         }
@@ -161,9 +169,15 @@ impl CommandPool {
             group.sweep();
             status
         };
-        let done = timeout_at(deadline, async { tokio::join!(write, read, errors, wait) }).await;
-        let Ok(((), out, tail, status)) = done else {
+        let done = tokio::select! {
+            r = timeout_at(deadline, async { tokio::join!(write, read, errors, wait) }) => r.ok(),
+            () = self.stop.cancelled() => None,
+        };
+        let Some(((), out, tail, status)) = done else {
             group.kill_and_reap().await;
+            if self.stop.is_cancelled() {
+                return Err(ExecError::ShuttingDown);
+            }
             self.bump(|s| s.kills += 1);
             return Err(ExecError::Timeout(started.elapsed()));
         };

@@ -146,8 +146,6 @@ impl LambdaPool {
         let outcome = outcome.map_err(|_| {
             ExecError::Crashed("the worker went away without answering".to_string())
         })?;
-        self.meter
-            .record(&self.f, outcome.run, outcome.result.is_ok());
         let reply = outcome.result?;
         Ok(Output {
             body: reply.body,
@@ -228,9 +226,16 @@ impl LambdaPool {
     /// Reserves and returns how many workers to start for the queue and the
     /// pool's floor.
     fn plan_spawns(&self, st: &mut State, now: Instant) -> usize {
-        if st.draining || self.stop.is_cancelled() {
+        if self.stop.is_cancelled() {
             return 0;
         }
+        // While draining, admitted invocations still get workers, but the
+        // floor is no longer kept.
+        let min = if st.draining {
+            0
+        } else {
+            self.f.concurrency_min as usize
+        };
         let coming = st.reserved
             + st.slots
                 .values()
@@ -242,7 +247,7 @@ impl LambdaPool {
             st.queue.len(),
             coming,
             workers,
-            self.f.concurrency_min as usize,
+            min,
             self.f.concurrency_max as usize,
             backing_off,
         );
@@ -487,7 +492,7 @@ impl LambdaPool {
                 Exit::Deadline => ExecError::Timeout(now.saturating_duration_since(r.enqueued)),
                 Exit::Retired | Exit::Stopped => ExecError::ShuttingDown,
             };
-            r.finish(Err(error), now);
+            self.finish(r, Err(error), now);
         }
         if let Some(job) = failed_init {
             let _ = job.reply.send(Outcome::unrun(ExecError::Crashed(format!(
@@ -515,6 +520,19 @@ impl LambdaPool {
                 }
             });
         }
+    }
+
+    /// Meters a finished invocation and answers its caller (who may have
+    /// gone: the run is billed anyway).
+    fn finish(&self, r: Running, result: Result<Reply, ExecError>, now: Instant) {
+        let run = now.saturating_duration_since(r.dispatched);
+        self.meter.record(&self.f, run, result.is_ok());
+        let _ = r.reply.send(Outcome {
+            result,
+            queued: r.dispatched.saturating_duration_since(r.enqueued),
+            run,
+            init: r.init,
+        });
     }
 
     fn past_deadline(&self, id: u64, now: Instant) -> bool {
@@ -635,7 +653,7 @@ impl LambdaPool {
             running
         };
         if let Some(r) = running {
-            r.finish(result, now);
+            self.finish(r, result, now);
         }
         StatusCode::ACCEPTED
     }
@@ -737,17 +755,6 @@ struct Running {
     dispatched: Instant,
     /// Cold start: the worker's init time.
     init: Option<Duration>,
-}
-
-impl Running {
-    fn finish(self, result: Result<Reply, ExecError>, now: Instant) {
-        let _ = self.reply.send(Outcome {
-            result,
-            queued: self.dispatched.saturating_duration_since(self.enqueued),
-            run: now.saturating_duration_since(self.dispatched),
-            init: self.init,
-        });
-    }
 }
 
 #[derive(Debug)]

@@ -229,6 +229,7 @@ impl Executors {
                     f.clone(),
                     &topology,
                     meter.clone(),
+                    stop.clone(),
                 ))),
             };
             pools.insert(f.name.clone(), pool);

@@ -745,3 +745,78 @@ async fn metering_and_unknown_functions() {
     assert!(ex.function("echo").is_some());
     assert!(ex.function("nope").is_none());
 }
+
+// ---- worker output goes to the edge log ----
+
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// A current-thread runtime so the thread-local subscriber sees the log
+/// forwarding tasks.
+#[test]
+fn worker_output_is_logged_with_function_and_request_id() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("fnroute::function=info")
+        .with_ansi(false)
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ex = start(
+            EXECUTORS,
+            &lambda("probe", r#"["python3", "../tests/functions/probe.py"]"#, ""),
+        );
+        let mut i = inv(
+            "probe",
+            json!({"print": "marker-7d3f"}),
+            Duration::from_secs(10),
+        );
+        i.request_id = "req-logged-1".into();
+        ex.invoke(i).await.expect("print");
+        eventually("both lines in the log", Duration::from_secs(2), || {
+            capture.text().matches("marker-7d3f").count() >= 2
+        })
+        .await;
+        ex.drain(Duration::from_secs(1)).await;
+    });
+    let log = capture.text();
+    for stream in ["stdout", "stderr"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("marker-7d3f") && l.contains(stream))
+            .unwrap_or_else(|| panic!("no {stream} line in {log}"));
+        assert!(line.contains("function=probe"), "{line}");
+        assert!(line.contains("req=req-logged-1"), "{line}");
+    }
+}
