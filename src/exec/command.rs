@@ -62,7 +62,7 @@ impl CommandPool {
 
     pub(crate) async fn invoke(&self, inv: Invocation) -> Result<Output, ExecError> {
         let now = Instant::now();
-        let deadline = inv.deadline.min(now + self.f.timeout);
+        let deadline = inv.deadline;
         if deadline <= now {
             return Err(ExecError::Timeout(Duration::ZERO));
         }
@@ -90,6 +90,7 @@ impl CommandPool {
             }
         };
         let started = Instant::now();
+        let deadline = deadline.min(started + self.f.timeout);
         self.running.fetch_add(1, Ordering::AcqRel);
         let result = self
             .run(&inv.request_id, inv.payload, deadline, started)

@@ -101,7 +101,9 @@ impl LambdaPool {
     /// Runs one invocation on a worker of this pool.
     pub(crate) async fn invoke(self: &Arc<Self>, inv: Invocation) -> Result<Output, ExecError> {
         let now = Instant::now();
-        let deadline = inv.deadline.min(now + self.f.timeout);
+        // The caller's deadline; the function's own timeout starts when a
+        // worker takes the event (a cold start does not eat into it).
+        let deadline = inv.deadline;
         if deadline <= now {
             return Err(ExecError::Timeout(Duration::ZERO));
         }
@@ -122,24 +124,30 @@ impl LambdaPool {
             let mut st = self.lock();
             self.admit(&mut st, job, now)?
         };
+        // A caller that goes away leaves no job behind in the queue.
+        let _unqueue = Unqueue { pool: self, seq };
         for _ in 0..spawns {
             self.spawn_worker();
         }
-        let queue_limit = (now + self.queue_timeout).min(deadline);
-        let outcome = tokio::select! {
-            r = &mut rx => r,
-            () = sleep_until(queue_limit) => {
-                if self.unqueue(seq) {
-                    return Err(if queue_limit >= deadline {
-                        ExecError::Timeout(deadline - now)
-                    } else {
-                        self.lock().stats.saturated += 1;
-                        self.saturated()
-                    });
-                }
-                match timeout_at(deadline + KILL_GRACE, &mut rx).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(ExecError::Timeout(deadline - now)),
+        // Waiting past `queue_timeout` is saturation unless a worker is on
+        // its way (a slow cold start is not a full pool).
+        let mut limit = (now + self.queue_timeout).min(deadline);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut rx => break r,
+                () = sleep_until(limit) => {
+                    let at_deadline = limit >= deadline;
+                    match self.queue_expired(seq, at_deadline) {
+                        Expiry::Removed if at_deadline => {
+                            return Err(ExecError::Timeout(deadline - now))
+                        }
+                        Expiry::Removed => return Err(self.saturated()),
+                        Expiry::Starting => limit = deadline,
+                        Expiry::Taken => match timeout_at(deadline + KILL_GRACE, &mut rx).await {
+                            Ok(r) => break r,
+                            Err(_) => return Err(ExecError::Timeout(deadline - now)),
+                        },
+                    }
                 }
             }
         };
@@ -207,7 +215,7 @@ impl LambdaPool {
                 slot.phase = Phase::Returning;
                 continue;
             }
-            let data = assign(slot, job, now, &mut st.stats);
+            let data = assign(slot, job, now, self.f.timeout, &mut st.stats);
             slot.wake.notify_one();
             // If the receiver vanished just now, the job stays the
             // worker's current one and is re-delivered on its next `next`
@@ -265,6 +273,24 @@ impl LambdaPool {
             }
             None => false,
         }
+    }
+
+    /// The queue wait of job `seq` ran out: remove it, unless a worker
+    /// already took it or (before the deadline) a worker is starting.
+    fn queue_expired(&self, seq: u64, at_deadline: bool) -> Expiry {
+        let mut st = self.lock();
+        let Some(i) = st.queue.iter().position(|j| j.seq == seq) else {
+            return Expiry::Taken;
+        };
+        let starting = st.reserved > 0 || st.slots.values().any(|w| w.phase == Phase::Starting);
+        if !at_deadline && starting {
+            return Expiry::Starting;
+        }
+        st.queue.remove(i);
+        if !at_deadline {
+            st.stats.saturated += 1;
+        }
+        Expiry::Removed
     }
 
     fn saturated(&self) -> ExecError {
@@ -329,6 +355,7 @@ impl LambdaPool {
                     wake: wake.clone(),
                     init_failed: false,
                     served: 0,
+                    last_request: "-".to_string(),
                 },
             );
         }
@@ -384,12 +411,14 @@ impl LambdaPool {
         env
     }
 
+    /// The request a worker's output line belongs to: the latest one
+    /// handed to it (best effort: a line read late may be attributed to
+    /// the next invocation).
     fn current_request(&self, worker: u64) -> String {
         self.lock()
             .slots
             .get(&worker)
-            .and_then(|s| s.current.as_ref())
-            .map(|r| r.data.request_id.clone())
+            .map(|s| s.last_request.clone())
             .unwrap_or_else(|| "-".to_string())
     }
 
@@ -590,7 +619,7 @@ impl LambdaPool {
                         slot.idle_since = now;
                         slot.wake.notify_one();
                         if let Some(job) = take_queued(&mut st.queue) {
-                            let data = assign(slot, job, now, &mut st.stats);
+                            let data = assign(slot, job, now, self.f.timeout, &mut st.stats);
                             Next::Now(self.event_response(&data))
                         } else {
                             let (tx, rx) = oneshot::channel();
@@ -708,6 +737,8 @@ struct Slot {
     init_failed: bool,
     /// Invocations handed to this worker.
     served: u64,
+    /// The latest invocation handed to it (tags its log lines).
+    last_request: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -790,6 +821,24 @@ enum Exit {
     Stopped,
 }
 
+enum Expiry {
+    Removed,
+    Starting,
+    Taken,
+}
+
+/// Removes a job from the queue when its caller stops waiting.
+struct Unqueue<'a> {
+    pool: &'a LambdaPool,
+    seq: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        self.pool.unqueue(self.seq);
+    }
+}
+
 enum Next {
     Now(Response<Full<Bytes>>),
     Wait(oneshot::Receiver<JobData>),
@@ -805,7 +854,16 @@ enum Stream {
 ///
 /// It is a cold start when it is the worker's first invocation and it
 /// arrived before the worker was ready (it waited for the worker to start).
-fn assign(slot: &mut Slot, job: Job, now: Instant, stats: &mut FunctionStats) -> JobData {
+/// The run's deadline is the caller's, or `timeout` from now if earlier.
+fn assign(
+    slot: &mut Slot,
+    mut job: Job,
+    now: Instant,
+    timeout: Duration,
+    stats: &mut FunctionStats,
+) -> JobData {
+    job.data.deadline = job.data.deadline.min(now + timeout);
+    slot.last_request.clone_from(&job.data.request_id);
     let ready = slot.ready.unwrap_or(now);
     let init = (slot.served == 0 && job.enqueued < ready)
         .then(|| ready.saturating_duration_since(slot.spawned));

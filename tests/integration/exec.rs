@@ -619,6 +619,23 @@ async fn awslambdaric_round_trip_error_and_deadline() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awslambdaric_init_error_reaches_the_caller() {
+    require_awslambdaric();
+    let ex = start(
+        EXECUTORS,
+        &lambda(
+            "ric",
+            r#"["../tests/functions/ric.sh"], handler = "functions/no_such_module.handler""#,
+            "",
+        ),
+    );
+    let (kind, message) = function_error(call(&ex, "ric", json!({})).await);
+    assert_eq!(kind, "Runtime.ImportModuleError", "{message}");
+    assert!(message.contains("no_such_module"), "{message}");
+    assert_eq!(stats(&ex, "ric").init_errors, 1);
+}
+
 // ---- command functions ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -819,4 +836,45 @@ fn worker_output_is_logged_with_function_and_request_id() {
         assert!(line.contains("function=probe"), "{line}");
         assert!(line.contains("req=req-logged-1"), "{line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_shutdown_drains_the_edge_executors() {
+    let topo = topology(
+        EXECUTORS,
+        &lambda(
+            "probe",
+            r#"["python3", "../tests/functions/probe.py"]"#,
+            "concurrency = { min = 1, max = 2 }",
+        ),
+    );
+    let fleet = fnroute::node::Fleet::start(topo, &[0])
+        .await
+        .expect("fleet");
+    let ex = fleet.edges[0].exec.clone();
+    eventually("the min worker", Duration::from_secs(5), || {
+        stats(&ex, "probe").idle == 1
+    })
+    .await;
+    let running = {
+        let ex = ex.clone();
+        tokio::spawn(
+            async move { call(&ex, "probe", json!({"sleep_ms": 400, "whoami": true})).await },
+        )
+    };
+    eventually("busy", Duration::from_secs(2), || {
+        stats(&ex, "probe").busy == 1
+    })
+    .await;
+    fleet.shutdown(Duration::from_secs(5)).await;
+    let out = running
+        .await
+        .expect("join")
+        .expect("in-flight invocation finished");
+    let pid = json_of(&out)["pid"].as_i64().expect("pid") as i32;
+    assert!(ex.is_draining());
+    assert_eq!(stats(&ex, "probe").workers, 0);
+    assert!(!alive(pid), "worker killed by shutdown");
+    let r = call(&ex, "probe", json!("late")).await;
+    assert!(matches!(r, Err(ExecError::ShuttingDown)), "{r:?}");
 }
