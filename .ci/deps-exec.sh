@@ -9,10 +9,13 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import awslambdaric' 2>/d
     echo "deps-exec: $VENV already has awslambdaric"
     exit 0
 fi
-if ! python3 -m venv --help >/dev/null 2>&1; then
+# The example functions need python3; a venv needs ensurepip (Debian's
+# python3-venv).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
     apt-get update
-    apt-get install -y python3-venv
+    apt-get install -y python3 python3-venv
 fi
+rm -rf "$VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # --only-binary: a wheel exists for this platform; building from source
