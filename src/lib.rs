@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod exec;
 pub mod geo;
 pub mod mesh;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeId, Topology};
+use crate::exec::Executors;
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
 
@@ -27,6 +28,8 @@ pub struct EdgeContext {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub view: Arc<LiveView>,
+    /// This edge's executor pools (worker processes).
+    pub exec: Arc<Executors>,
 }
 
 impl EdgeContext {
@@ -66,6 +69,8 @@ impl Fleet {
                 topology: topology.clone(),
                 geo: geo.clone(),
                 view: Arc::new(LiveView::new(topology.clone())),
+                exec: Executors::start(topology.clone(), edge)
+                    .with_context(|| format!("starting executors of edge {edge}"))?,
             };
             let info = topology
                 .edges
@@ -105,7 +110,23 @@ impl Fleet {
     pub async fn shutdown(self, grace: Duration) {
         self.token.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
+        // Executors drain alongside the listeners: in-flight invocations
+        // finish (within `grace`), then their workers are killed.
+        let drains: Vec<_> = self
+            .edges
+            .iter()
+            .map(|cx| {
+                let exec = cx.exec.clone();
+                tokio::spawn(async move { exec.drain(grace).await })
+            })
+            .collect();
+        let all = async {
+            self.tasks.wait().await;
+            for d in drains {
+                let _ = d.await;
+            }
+        };
+        if tokio::time::timeout(grace + crate::exec::KILL_GRACE, all)
             .await
             .is_err()
         {

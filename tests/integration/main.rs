@@ -5,4 +5,5 @@
 mod cache;
 mod cli;
 mod config;
+mod exec;
 mod geo;
