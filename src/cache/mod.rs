@@ -18,8 +18,8 @@ mod tests;
 
 pub use key::{function_version, CacheKey};
 pub use policy::{
-    command_directive, lambda_directive, lambda_directive_value, Directive, Freshness, Lifetime,
-    COMMAND_DIRECTIVE_PREFIX,
+    command_directive, command_directive_line, lambda_directive, lambda_directive_value, Directive,
+    Freshness, Lifetime, COMMAND_DIRECTIVE_PREFIX,
 };
 
 use std::collections::HashMap;

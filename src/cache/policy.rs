@@ -156,21 +156,24 @@ pub const COMMAND_DIRECTIVE_PREFIX: &str = "fnroute-cache-control:";
 /// leading whitespace allowed) counts; no such line means `Default`.
 /// Lines that are not UTF-8 are skipped.
 pub fn command_directive(stderr: &[u8]) -> Directive {
-    let mut found = None;
-    for line in stderr.split(|b| *b == b'\n') {
-        let Ok(line) = std::str::from_utf8(line) else {
-            continue;
-        };
-        let line = line.trim();
-        let n = COMMAND_DIRECTIVE_PREFIX.len();
-        let prefix_matches = line
-            .get(..n)
-            .is_some_and(|p| p.eq_ignore_ascii_case(COMMAND_DIRECTIVE_PREFIX));
-        if let (true, Some(value)) = (prefix_matches, line.get(n..)) {
-            found = Some(Directive::parse(value));
-        }
+    stderr
+        .split(|b| *b == b'\n')
+        .filter_map(command_directive_line)
+        .last()
+        .unwrap_or_default()
+}
+
+/// One stderr line of a `command` function: its directive if it is a
+/// `fnroute-cache-control:` line, else `None`. For executors that read
+/// stderr line by line (keep the last `Some`).
+pub fn command_directive_line(line: &[u8]) -> Option<Directive> {
+    let line = std::str::from_utf8(line).ok()?.trim();
+    let n = COMMAND_DIRECTIVE_PREFIX.len();
+    let prefix = line.get(..n)?;
+    if !prefix.eq_ignore_ascii_case(COMMAND_DIRECTIVE_PREFIX) {
+        return None;
     }
-    found.unwrap_or_default()
+    Some(Directive::parse(line.get(n..)?))
 }
 
 /// Where a stored entry stands at some `now`.

@@ -115,6 +115,20 @@ fn command_convention() {
 }
 
 #[test]
+fn command_convention_line_by_line() {
+    assert_eq!(
+        command_directive_line(b"fnroute-cache-control: max-age=5\n"),
+        Some(Directive::MaxAge(secs(5)))
+    );
+    assert_eq!(
+        command_directive_line(b"fnroute-cache-control:"),
+        Some(Directive::Default)
+    );
+    assert_eq!(command_directive_line(b"hello"), None);
+    assert_eq!(command_directive_line(b""), None);
+}
+
+#[test]
 fn freshness_timeline() {
     let t0 = Instant::now();
     let life = Lifetime {
