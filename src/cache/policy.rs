@@ -158,8 +158,8 @@ pub const COMMAND_DIRECTIVE_PREFIX: &str = "fnroute-cache-control:";
 pub fn command_directive(stderr: &[u8]) -> Directive {
     stderr
         .split(|b| *b == b'\n')
-        .filter_map(command_directive_line)
-        .last()
+        .rev()
+        .find_map(command_directive_line)
         .unwrap_or_default()
 }
 
