@@ -725,3 +725,27 @@ fn config_cache_bytes_and_negative_ttl() {
     );
     assert!(errors[0].line > 0 && errors[0].fix.as_deref().unwrap().contains("1 MiB"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn background_refreshes_are_tracked_for_shutdown() {
+    let tracker = tokio_util::task::TaskTracker::new();
+    let cache = TestCache::with_tracker(16 * MIB, tracker.clone());
+    let f = Counted::new(secs(5));
+    let p = policy(10, 30, 0);
+    cache.fetch(key("f", "a"), Some(&p), f.ok("v", None)).await;
+    advance(secs(11)).await;
+    let r = cache.fetch(key("f", "a"), Some(&p), f.ok("v", None)).await;
+    assert_eq!(r.status, CacheStatus::Stale);
+    assert_eq!(tracker.len(), 1, "the refresh runs under the tracker");
+    tracker.close();
+    let started = tokio::time::Instant::now();
+    tracker.wait().await;
+    assert_eq!(
+        started.elapsed(),
+        secs(5),
+        "shutdown waited for the refresh"
+    );
+    assert_eq!(f.runs(), 2);
+    let r = cache.fetch(key("f", "a"), Some(&p), f.ok("v", None)).await;
+    assert_eq!((r.status, body(&r)), (CacheStatus::Hit, "v2".into()));
+}
