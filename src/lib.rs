@@ -4,11 +4,13 @@
 //! The map of the code, its data flow and its invariants are in
 //! `docs/ARCHITECTURE.md`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod exec;
 pub mod geo;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod shutdown;

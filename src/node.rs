@@ -6,6 +6,7 @@
 //! a `CancellationToken`; shutdown cancels it and waits for the tasks
 //! within a bounded grace period.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +45,14 @@ pub struct Fleet {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub edges: Vec<EdgeContext>,
+    /// The bound admin address of each edge (same order as `edges`).
+    pub admin: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
+    /// The admin listeners stop last, so `/healthz` says "draining" while
+    /// the other tasks finish.
+    admin_token: CancellationToken,
+    admin_tasks: TaskTracker,
 }
 
 impl Fleet {
@@ -59,6 +66,13 @@ impl Fleet {
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
         tasks.spawn(reload_on_sighup(geo.clone(), token.child_token()));
+        tasks.spawn(crate::admin::metrics_upkeep(
+            Duration::from_secs(5),
+            token.child_token(),
+        ));
+        let admin_token = CancellationToken::new();
+        let admin_tasks = TaskTracker::new();
+        let mut admin = Vec::new();
         let mut contexts = Vec::new();
         for &edge in edges {
             let cx = EdgeContext {
@@ -71,6 +85,15 @@ impl Fleet {
                 .edges
                 .get(edge)
                 .context("edge index out of range")?;
+            let server = crate::admin::AdminServer::bind(
+                cx.clone(),
+                crate::admin::AdminLimits::default(),
+                None,
+            )
+            .await?;
+            let admin_addr = server.local_addr().context("admin listener address")?;
+            admin_tasks.spawn(server.run(admin_token.clone()));
+            admin.push(admin_addr);
             let hosted: Vec<&str> = topology
                 .functions
                 .iter()
@@ -81,7 +104,7 @@ impl Fleet {
                 edge = %info.name,
                 dns = %info.dns_listen,
                 quic = %info.quic_listen,
-                admin = %info.admin_listen,
+                admin = %admin_addr,
                 functions = ?hosted,
                 "edge started"
             );
@@ -91,8 +114,11 @@ impl Fleet {
             topology,
             geo,
             edges: contexts,
+            admin,
             token,
             tasks,
+            admin_token,
+            admin_tasks,
         })
     }
 
@@ -103,6 +129,13 @@ impl Fleet {
 
     /// Stops accepting work, lets in-flight work finish within `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        for cx in &self.edges {
+            cx.view.update(|v| {
+                let mut state = v.edges.get(cx.edge).cloned().unwrap_or_default();
+                state.draining = true;
+                v.with_edge(cx.edge, state)
+            });
+        }
         self.token.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
@@ -111,6 +144,9 @@ impl Fleet {
         {
             tracing::warn!(?grace, "grace period expired; stopping remaining tasks");
         }
+        self.admin_token.cancel();
+        self.admin_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.admin_tasks.wait()).await;
     }
 }
 
