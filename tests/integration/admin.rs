@@ -679,3 +679,64 @@ fn which(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// The systemd unit parses and names an existing program (the binary under
+/// test stands in for /usr/local/bin/fnroute), and keeps its hardening.
+#[test]
+fn systemd_unit_verifies() {
+    let analyze = which("systemd-analyze").unwrap_or_else(|| {
+        panic!("systemd-analyze is not installed: run .ci/deps-ops.sh (installs Debian's systemd)")
+    });
+    let unit = std::fs::read_to_string(repo().join("edge-config/deploy/fnroute.service")).unwrap();
+    for directive in [
+        "User=fnroute",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=fnroute",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(directive)),
+            "{directive} missing"
+        );
+    }
+    // The stop timeout must exceed the drain grace passed to serve.
+    let grace: u64 = unit
+        .split("--grace ")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .expect("ExecStart passes --grace Ns");
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop > grace,
+        "TimeoutStopSec={stop} must exceed --grace {grace}s"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("fnroute.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/fnroute", env!("CARGO_BIN_EXE_fnroute")),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("fnroute.service"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
+}
