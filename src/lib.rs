@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod exec;
 pub mod geo;
 pub mod mesh;
