@@ -740,3 +740,109 @@ fn systemd_unit_verifies() {
         .collect();
     assert!(complaints.is_empty(), "{complaints:#?}");
 }
+
+#[test]
+fn missing_admin_token_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_edges(dir.path(), "admin_token_file = \"no-such.token\"");
+    let errors = fnroute::config::load(&path).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let e = &errors.0[0];
+    assert_eq!((e.key.as_str(), e.line), ("admin_token_file", 1));
+    assert!(
+        e.message.contains("admin token file") && e.message.contains("no-such.token"),
+        "{e}"
+    );
+    assert!(
+        e.fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("remove admin_token_file"),
+        "{e}"
+    );
+}
+
+/// The real binary, its token from the environment, reloaded over HTTP,
+/// then stopped with SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_the_admin_token_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_edges(dir.path(), "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
+        .args([
+            "serve",
+            "--node",
+            "nyc",
+            "--grace",
+            "2s",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&path)
+        .env("FNROUTE_ADMIN_TOKEN", "from-the-env")
+        .env("FNROUTE_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let admin: SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve logs that the edge started");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v.pointer("/fields/message").and_then(|m| m.as_str()) == Some("edge started") {
+            break v
+                .pointer("/fields/admin")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    let r = http(
+        admin,
+        "POST",
+        "/reload",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        admin,
+        "POST",
+        "/reload",
+        &[("Authorization", "Bearer from-the-env")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["geo"]["ok"], true);
+    let s: Status = serde_json::from_slice(&get(admin, "/status").await.body).unwrap();
+    assert_eq!(s.node.name, "nyc");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The reader thread ends at EOF, now that the process is gone.
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+}
