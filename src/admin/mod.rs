@@ -130,6 +130,10 @@ impl AdminServer {
                 addr,
                 source,
             })?;
+        if !addr.ip().is_loopback() {
+            // Plain HTTP, and /status and /metrics need no token.
+            tracing::warn!(edge = cx.name(), %addr, "admin listener is not on loopback: keep it on a management network");
+        }
         Ok(Self {
             listener,
             state: Arc::new(State {
