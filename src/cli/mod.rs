@@ -329,8 +329,10 @@ fn serve(
     };
     tracing::info!(config = %path.display(), "fnroute starting");
     let result = runtime.block_on(async move {
+        // Handlers first: a SIGTERM during start-up must still drain.
+        let stop = crate::shutdown::signal();
         let fleet = crate::node::Fleet::start(Arc::new(topo), &edges).await?;
-        crate::shutdown::signal().await;
+        stop.await;
         tracing::info!(?grace, "shutting down");
         fleet.shutdown(grace).await;
         anyhow::Ok(())
