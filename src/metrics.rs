@@ -17,6 +17,14 @@
 //! event costs a registry lookup and one small allocation for the label
 //! list (the facade's `Key`); see docs/performance.md.
 //!
+//! Why this crate pair: `metrics` is a facade any module (and any library)
+//! can record into, and `metrics-exporter-prometheus` with default features
+//! off is only a recorder plus a text renderer (no hyper server, no push
+//! gateway, no rustls or aws-lc; `cargo tree -p metrics-exporter-prometheus`
+//! shows metrics-util, quanta, evmap, indexmap, base64). `prometheus-client`
+//! is smaller still but renders OpenMetrics rather than text 0.0.4 and
+//! needs its typed metric families registered and passed to every module.
+//!
 //! Before `install()` runs, the helpers are no-ops (the facade's default).
 //! This module knows nothing of sockets, DNS or executors.
 
@@ -186,9 +194,10 @@ pub fn dns_query(edge: &str, qtype: &'static str, rcode: &'static str) {
         .increment(1);
 }
 
-/// `edge` handed out `answer` (an edge's address) for `function`.
-pub fn dns_answer(edge: &str, function: &str, answer: &str) {
-    ::metrics::counter!(DNS_ANSWERS, "edge" => name(edge), "function" => name(function), "answer" => name(answer))
+/// `edge` answered a query for `function` with `answered`, the edge whose
+/// addresses it handed out (first = best when several are listed).
+pub fn dns_answer(edge: &str, function: &str, answered: &str) {
+    ::metrics::counter!(DNS_ANSWERS, "edge" => name(edge), "function" => name(function), "answer_edge" => name(answered))
         .increment(1);
 }
 

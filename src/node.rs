@@ -85,12 +85,21 @@ impl Fleet {
                 .edges
                 .get(edge)
                 .context("edge index out of range")?;
-            let server = crate::admin::AdminServer::bind(
+            let bound = crate::admin::AdminServer::bind(
                 cx.clone(),
                 crate::admin::AdminLimits::default(),
                 None,
             )
-            .await?;
+            .await;
+            let server = match bound {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stop what already started before reporting.
+                    token.cancel();
+                    admin_token.cancel();
+                    return Err(e.into());
+                }
+            };
             let admin_addr = server.local_addr().context("admin listener address")?;
             admin_tasks.spawn(server.run(admin_token.clone()));
             admin.push(admin_addr);

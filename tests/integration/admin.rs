@@ -64,7 +64,9 @@ async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} for {method} {path}: {e}"));
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -192,7 +194,7 @@ async fn metrics_scrape_parses_with_edge_labels() {
     m::dns_query("fra", "A", "NOERROR");
     m::dns_query("fra", "A", "NOERROR");
     m::dns_query("fra", "AAAA", "NXDOMAIN");
-    m::dns_answer("fra", "echo", "127.0.0.11");
+    m::dns_answer("fra", "echo", "fra");
     m::dns_fallback("sin", "hello");
     m::invocation(
         "fra",
@@ -769,7 +771,7 @@ async fn serve_takes_the_admin_token_from_the_environment() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let path = three_edges(dir.path(), "");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
         .args([
             "serve",
             "--node",
@@ -786,7 +788,9 @@ async fn serve_takes_the_admin_token_from_the_environment() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Killed if the test fails half-way, so no server outlives it.
+    let mut child = KillOnDrop(Some(child));
+    let stderr = child.get().stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -831,10 +835,11 @@ async fn serve_takes_the_admin_token_from_the_environment() {
     assert_eq!(s.node.name, "nyc");
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.get().id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    let mut child = child.0.take().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
@@ -845,4 +850,45 @@ async fn serve_takes_the_admin_token_from_the_environment() {
         rest.iter().any(|l| l.contains("SIGTERM received")),
         "{rest:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_address_in_use_fails_start_naming_it() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.12:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_edges(dir.path(), "");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "admin_listen = \"127.0.0.12:0\"",
+        &format!("admin_listen = \"{addr}\""),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let topo = fnroute::config::load(&path).unwrap();
+    let err = match Fleet::start(Arc::new(topo), &[0, 1, 2]).await {
+        Ok(_) => panic!("started although {addr} is taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("nyc"),
+        "{err}"
+    );
+    assert!(err.contains("admin listener"), "{err}");
+}
+
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
