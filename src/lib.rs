@@ -4,6 +4,7 @@
 //! The map of the code, its data flow and its invariants are in
 //! `docs/ARCHITECTURE.md`.
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod dispatch;
 pub mod exec;
 pub mod geo;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod shutdown;

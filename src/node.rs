@@ -6,6 +6,7 @@
 //! a `CancellationToken`; shutdown cancels it and waits for the tasks
 //! within a bounded grace period.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,19 @@ pub struct EdgeContext {
 }
 
 impl EdgeContext {
+    /// The state of one edge: a fresh static view and started executor
+    /// pools (call inside a tokio runtime).
+    pub fn new(topology: Arc<Topology>, geo: Arc<GeoDb>, edge: EdgeId) -> anyhow::Result<Self> {
+        Ok(Self {
+            edge,
+            view: Arc::new(LiveView::new(topology.clone())),
+            exec: Executors::start(topology.clone(), edge)
+                .with_context(|| format!("starting executors of edge {edge}"))?,
+            topology,
+            geo,
+        })
+    }
+
     pub fn name(&self) -> &str {
         self.topology
             .edges
@@ -47,8 +61,14 @@ pub struct Fleet {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub edges: Vec<EdgeContext>,
+    /// The bound admin address of each edge (same order as `edges`).
+    pub admin: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
+    /// The admin listeners stop last, so `/healthz` says "draining" while
+    /// the other tasks finish.
+    admin_token: CancellationToken,
+    admin_tasks: TaskTracker,
 }
 
 impl Fleet {
@@ -62,20 +82,38 @@ impl Fleet {
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
         tasks.spawn(reload_on_sighup(geo.clone(), token.child_token()));
+        tasks.spawn(crate::admin::metrics_upkeep(
+            Duration::from_secs(5),
+            token.child_token(),
+        ));
+        let admin_token = CancellationToken::new();
+        let admin_tasks = TaskTracker::new();
+        let mut admin = Vec::new();
         let mut contexts = Vec::new();
         for &edge in edges {
-            let cx = EdgeContext {
-                edge,
-                topology: topology.clone(),
-                geo: geo.clone(),
-                view: Arc::new(LiveView::new(topology.clone())),
-                exec: Executors::start(topology.clone(), edge)
-                    .with_context(|| format!("starting executors of edge {edge}"))?,
-            };
+            let cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
             let info = topology
                 .edges
                 .get(edge)
                 .context("edge index out of range")?;
+            let bound = crate::admin::AdminServer::bind(
+                cx.clone(),
+                crate::admin::AdminLimits::default(),
+                None,
+            )
+            .await;
+            let server = match bound {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stop what already started before reporting.
+                    token.cancel();
+                    admin_token.cancel();
+                    return Err(e.into());
+                }
+            };
+            let admin_addr = server.local_addr().context("admin listener address")?;
+            admin_tasks.spawn(server.run(admin_token.clone()));
+            admin.push(admin_addr);
             let hosted: Vec<&str> = topology
                 .functions
                 .iter()
@@ -86,7 +124,7 @@ impl Fleet {
                 edge = %info.name,
                 dns = %info.dns_listen,
                 quic = %info.quic_listen,
-                admin = %info.admin_listen,
+                admin = %admin_addr,
                 functions = ?hosted,
                 "edge started"
             );
@@ -96,8 +134,11 @@ impl Fleet {
             topology,
             geo,
             edges: contexts,
+            admin,
             token,
             tasks,
+            admin_token,
+            admin_tasks,
         })
     }
 
@@ -108,6 +149,13 @@ impl Fleet {
 
     /// Stops accepting work, lets in-flight work finish within `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        for cx in &self.edges {
+            cx.view.update(|v| {
+                let mut state = v.edges.get(cx.edge).cloned().unwrap_or_default();
+                state.draining = true;
+                v.with_edge(cx.edge, state)
+            });
+        }
         self.token.cancel();
         self.tasks.close();
         // Executors drain alongside the listeners: in-flight invocations
@@ -132,6 +180,9 @@ impl Fleet {
         {
             tracing::warn!(?grace, "grace period expired; stopping remaining tasks");
         }
+        self.admin_token.cancel();
+        self.admin_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.admin_tasks.wait()).await;
     }
 }
 

@@ -1,10 +1,19 @@
 //! Process signals: SIGINT/SIGTERM start a graceful shutdown.
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn signal() {
+/// Installs the SIGINT and SIGTERM handlers at once (call it before
+/// start-up work, so an early signal is caught rather than fatal) and
+/// resolves on the first of them. Needs a tokio runtime.
+pub fn signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    wait(term, int)
+}
+
+async fn wait(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {

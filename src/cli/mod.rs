@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check`, `geo lookup`.
+//! Command-line interface: `serve`, `check`, `status`, `geo lookup`.
 //!
 //! Each subcommand loads and validates the topology through `config`
 //! before doing anything else; bad configuration exits with 64 (EX_USAGE)
@@ -63,6 +63,15 @@ pub enum Command {
         /// Topology file.
         file: PathBuf,
     },
+    /// Ask a running edge's admin listener for its view of the fleet.
+    Status {
+        /// The admin listener (host:port).
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: String,
+        /// Print the JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Geo database tools.
     Geo {
         #[command(subcommand)]
@@ -116,6 +125,7 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Status { admin, json } => status(&admin, json),
         Command::Geo {
             command: GeoCommand::Lookup { addr, db, config },
         } => geo_lookup(addr, db, config),
@@ -319,8 +329,10 @@ fn serve(
     };
     tracing::info!(config = %path.display(), "fnroute starting");
     let result = runtime.block_on(async move {
+        // Handlers first: a SIGTERM during start-up must still drain.
+        let stop = crate::shutdown::signal();
         let fleet = crate::node::Fleet::start(Arc::new(topo), &edges).await?;
-        crate::shutdown::signal().await;
+        stop.await;
         tracing::info!(?grace, "shutting down");
         fleet.shutdown(grace).await;
         anyhow::Ok(())
@@ -333,4 +345,159 @@ fn serve(
             ExitCode::from(EX_SOFTWARE)
         }
     }
+}
+
+/// `fnroute status`: fetches `/status` from an admin listener and prints it.
+fn status(admin: &str, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fnroute: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let body = match runtime.block_on(fetch_status(admin)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "fnroute: cannot get /status from the admin listener at {admin}: {e}\n  fix: is fnroute serving there? pass the edge's admin_listen with --admin HOST:PORT"
+            );
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_slice::<crate::admin::Status>(&body) {
+        Ok(s) => {
+            print!("{}", status_table(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "fnroute: {admin} answered /status with a document this version cannot read: {e}"
+            );
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}
+
+/// GET /status over plain HTTP/1.0 (the server closes after the response,
+/// so the body is everything after the headers). Bounded in time and size.
+async fn fetch_status(admin: &str) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: u64 = 8 * 1024 * 1024;
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!(
+            "GET /status HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\nUser-Agent: fnroute/{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        (&mut stream)
+            .take(LIMIT)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())??;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("not an HTTP response")?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let code = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or("not an HTTP response")?;
+    if code != "200" {
+        return Err(format!("HTTP status {code}"));
+    }
+    Ok(buf[split + 4..].to_vec())
+}
+
+/// The readable form of a status document (`fnroute status`).
+pub fn status_table(s: &crate::admin::Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let up = s.node.uptime_s.max(0.0) as u64;
+    let _ = writeln!(
+        out,
+        "edge {}  fnroute {}  up {}h{:02}m{:02}s  {}{}  zone {}  view generation {}",
+        s.node.name,
+        s.node.version,
+        up / 3600,
+        up % 3600 / 60,
+        up % 60,
+        s.node.health.as_str(),
+        if s.node.draining { " (draining)" } else { "" },
+        s.zone,
+        s.view.generation
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<15} {:>5} {:>9} {:>17}  {:<24} FUNCTIONS",
+        "EDGE", "HEALTH", "LOAD", "RTT", "LOCATION", "ADDRESSES"
+    );
+    for e in &s.edges {
+        let rtt = e
+            .rtt_ms
+            .map(|r| format!("{r:.1} ms"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<12} {:<15} {:>4.0}% {:>9} {:>17}  {:<24} {}",
+            format!("{}{}", e.name, if e.is_self { " *" } else { "" }),
+            e.health.as_str(),
+            e.load * 100.0,
+            rtt,
+            format!("{:.2}, {:.2}", e.location.lat, e.location.lon),
+            e.addresses.join(","),
+            e.functions.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<8} {:>7}  {:<20} POOL ON {} (workers/busy/queued, min..max)",
+        "FUNCTION", "EXECUTOR", "MEMORY", "EDGES", s.node.name
+    );
+    let n = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    for f in &s.functions {
+        let pool = match f.pools.get(&s.node.name) {
+            Some(p) => format!(
+                "{}/{}/{}  {}..{}",
+                n(p.workers),
+                n(p.busy),
+                n(p.queued),
+                f.concurrency_min,
+                f.concurrency_max
+            ),
+            None => "not hosted here".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>4} MB  {:<20} {}",
+            f.name,
+            f.executor,
+            f.memory_mb,
+            f.edges.join(","),
+            pool
+        );
+    }
+    let _ = writeln!(out, "\n* = the edge answering; - = not measured yet");
+    out
 }

@@ -19,6 +19,8 @@ pub struct Topology {
     pub default_location: Location,
     /// Where generated state (development certificates) lives.
     pub state_dir: PathBuf,
+    /// Bearer token file for the admin listener's mutating endpoints.
+    pub admin_token_file: Option<PathBuf>,
     pub dns: DnsSettings,
     pub quic: QuicSettings,
     pub tls: Option<TlsFiles>,

@@ -17,6 +17,10 @@ pub(crate) struct RawTopology {
     pub(crate) default_location: Spanned<RawLocation>,
     #[serde(default)]
     pub(crate) state_dir: Option<Spanned<String>>,
+    /// File holding the bearer token of the admin listener's mutating
+    /// endpoints (`POST /reload`).
+    #[serde(default)]
+    pub(crate) admin_token_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) dns: RawDns,
     #[serde(default)]

@@ -119,6 +119,21 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors
         Some(s) => cx.resolve(s.get_ref()),
         None => base_dir(file).join("../state"),
     };
+    let admin_token_file = raw.admin_token_file.as_ref().map(|t| {
+        let p = cx.resolve(t.get_ref());
+        if !p.is_file() {
+            cx.err(
+                Some(t.span()),
+                "admin_token_file",
+                format!("admin token file {} does not exist", p.display()),
+                Some(
+                    "create a file holding one secret token line, or remove admin_token_file"
+                        .into(),
+                ),
+            );
+        }
+        p
+    });
 
     let dns = check_dns(&mut cx, &raw.dns);
     let quic = check_quic(&mut cx, &raw.quic);
@@ -155,6 +170,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors
             geo_db,
             default_location,
             state_dir,
+            admin_token_file,
             dns,
             quic,
             tls,

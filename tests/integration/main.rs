@@ -2,6 +2,7 @@
 //! Test helpers may unwrap: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod cache;
 mod cli;
 mod config;

@@ -1,0 +1,230 @@
+//! The `GET /status` document: what one edge knows about itself and the
+//! fleet. Built from the topology and the current `View` by a pure
+//! function; fields without a source yet (RTT until the mesh measures it,
+//! pool sizes until executors report them) are `null`, never invented.
+//!
+//! The same types deserialize the document in `fnroute status`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EdgeId, ExecutorKind, Topology};
+use crate::placement::{classify, Class, View};
+
+/// The whole `/status` document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// The edge answering.
+    pub node: NodeStatus,
+    pub zone: String,
+    /// The answering edge's view of the fleet.
+    pub view: ViewStatus,
+    /// Every edge of the topology, in topology order.
+    pub edges: Vec<EdgeStatus>,
+    /// Every function of the topology, in topology order.
+    pub functions: Vec<FunctionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub name: String,
+    pub version: String,
+    pub uptime_s: f64,
+    pub draining: bool,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ViewStatus {
+    pub generation: u64,
+    /// Share of capacity above which an edge spills over to the next.
+    pub load_threshold: f64,
+}
+
+/// Health of an edge as the status page colours it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Healthy, below the load threshold (green).
+    Healthy,
+    /// Healthy but above the load threshold (amber).
+    OverThreshold,
+    /// Healthy but at or above capacity (amber).
+    Saturated,
+    /// Finishing in-flight work, taking nothing new (amber).
+    Draining,
+    /// Failed its health checks (red).
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::OverThreshold => "over-threshold",
+            Self::Saturated => "saturated",
+            Self::Draining => "draining",
+            Self::Down => "down",
+        }
+    }
+}
+
+impl From<Class> for Health {
+    fn from(c: Class) -> Self {
+        match c {
+            Class::Preferred => Self::Healthy,
+            Class::OverThreshold => Self::OverThreshold,
+            Class::Saturated => Self::Saturated,
+            Class::Draining => Self::Draining,
+            Class::Unhealthy => Self::Down,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgeStatus {
+    pub name: String,
+    /// True for the edge answering this request.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub location: LatLon,
+    pub addresses: Vec<String>,
+    pub capacity: u32,
+    pub health: Health,
+    pub healthy: bool,
+    pub draining: bool,
+    /// In-flight invocations as a share of capacity.
+    pub load: f64,
+    /// Measured round-trip time from this edge; null until the mesh
+    /// measures it (and for this edge itself).
+    pub rtt_ms: Option<f64>,
+    /// Functions hosted there.
+    pub functions: Vec<String>,
+}
+
+/// Coordinates in degrees.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LatLon {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionStatus {
+    pub name: String,
+    pub executor: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub concurrency_min: u32,
+    pub concurrency_max: u32,
+    /// The edges hosting it.
+    pub edges: Vec<String>,
+    /// Pool of this function on each edge this process serves, keyed by
+    /// edge name; empty when none of them hosts it.
+    pub pools: std::collections::BTreeMap<String, PoolStatus>,
+}
+
+/// Live numbers of one pool; null until the executor reports them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub workers: Option<u32>,
+    pub busy: Option<u32>,
+    pub queued: Option<u32>,
+}
+
+/// Where live pool numbers come from (the executors, once they expose
+/// them). `None` means unknown.
+pub trait PoolStats: Send + Sync {
+    fn pool(&self, edge: EdgeId, function: &str) -> Option<PoolStatus>;
+}
+
+/// Builds the document for `edge`. Pure: the caller reads the clock, the
+/// view and the pools.
+pub fn build(
+    topology: &Topology,
+    view: &View,
+    edge: EdgeId,
+    uptime_s: f64,
+    pool_stats: Option<&dyn PoolStats>,
+) -> Status {
+    let edge_name = |i: EdgeId| {
+        topology
+            .edges
+            .get(i)
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| "?".into())
+    };
+    let state_of = |i: EdgeId| view.edges.get(i).cloned().unwrap_or_default();
+    let me = state_of(edge);
+    let edges = topology
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let s = state_of(i);
+            EdgeStatus {
+                name: e.name.clone(),
+                is_self: i == edge,
+                location: LatLon {
+                    lat: e.location.lat,
+                    lon: e.location.lon,
+                },
+                addresses: e.addresses.iter().map(|a| a.to_string()).collect(),
+                capacity: e.capacity,
+                health: classify(&s, view.load_threshold).into(),
+                healthy: s.healthy,
+                draining: s.draining,
+                load: s.load,
+                rtt_ms: None,
+                functions: topology
+                    .functions
+                    .iter()
+                    .filter(|f| f.hosted_on(i))
+                    .map(|f| f.name.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+    let functions = topology
+        .functions
+        .iter()
+        .map(|f| {
+            let mut pools = std::collections::BTreeMap::new();
+            if f.hosted_on(edge) {
+                let p = pool_stats
+                    .and_then(|p| p.pool(edge, &f.name))
+                    .unwrap_or_default();
+                pools.insert(edge_name(edge), p);
+            }
+            FunctionStatus {
+                name: f.name.clone(),
+                executor: match f.executor.kind {
+                    ExecutorKind::Lambda => "lambda",
+                    ExecutorKind::Command => "command",
+                }
+                .into(),
+                memory_mb: f.memory_mb,
+                timeout_ms: u64::try_from(f.timeout.as_millis()).unwrap_or(u64::MAX),
+                concurrency_min: f.concurrency_min,
+                concurrency_max: f.concurrency_max,
+                edges: f.edges.iter().map(|&i| edge_name(i)).collect(),
+                pools,
+            }
+        })
+        .collect();
+    Status {
+        node: NodeStatus {
+            name: edge_name(edge),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s,
+            draining: me.draining,
+            health: classify(&me, view.load_threshold).into(),
+        },
+        zone: topology.zone.clone(),
+        view: ViewStatus {
+            generation: view.generation,
+            load_threshold: view.load_threshold,
+        },
+        edges,
+        functions,
+    }
+}
