@@ -1,4 +1,5 @@
 //! One integration-test binary (faster builds); each area is a module.
 
 mod config;
+mod dns;
 mod geo;
