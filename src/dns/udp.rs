@@ -13,8 +13,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{answer, Responder, Transport, Verdict};
 
-/// Queries read (and responses sent) per system call.
-const BATCH: usize = 32;
+/// Queries read (and responses sent) per system call. Small batches keep
+/// latency low: a thread that empties its socket and blocks often is
+/// scheduled promptly when the next query arrives (measured: 16 beats 32
+/// and 4 on loopback with dnsperf).
+const BATCH: usize = 16;
 /// Longest datagram accepted; longer ones are dropped.
 const MAX_QUERY: usize = 4096;
 const POLL: Duration = Duration::from_millis(100);
