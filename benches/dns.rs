@@ -16,7 +16,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fnroute::dns::{self, DnsState, Responder, Transport};
 use fnroute::geo::GeoDb;
 use fnroute::mesh::LiveView;
-use fnroute::node::EdgeContext;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
@@ -24,13 +23,8 @@ use hickory_proto::rr::{Name, RecordType};
 fn state(t: fnroute::config::Topology) -> Arc<DnsState> {
     let t = Arc::new(t);
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
-    let cx = EdgeContext {
-        edge: 0,
-        topology: t.clone(),
-        geo,
-        view: Arc::new(LiveView::new(t.clone())),
-    };
-    Arc::new(DnsState::new(&cx))
+    let view = Arc::new(LiveView::new(t.clone()));
+    Arc::new(DnsState::new(0, t, geo, view))
 }
 
 fn three_edges() -> fnroute::config::Topology {

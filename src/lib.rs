@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod dns;
 pub mod exec;
 pub mod geo;

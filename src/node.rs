@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeId, Topology};
+use crate::exec::Executors;
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
 
@@ -27,6 +28,8 @@ pub struct EdgeContext {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub view: Arc<LiveView>,
+    /// This edge's executor pools (worker processes).
+    pub exec: Arc<Executors>,
 }
 
 impl EdgeContext {
@@ -58,6 +61,7 @@ impl Fleet {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
+        tasks.spawn(reload_on_sighup(geo.clone(), token.child_token()));
         let mut contexts = Vec::new();
         for &edge in edges {
             let cx = EdgeContext {
@@ -65,6 +69,8 @@ impl Fleet {
                 topology: topology.clone(),
                 geo: geo.clone(),
                 view: Arc::new(LiveView::new(topology.clone())),
+                exec: Executors::start(topology.clone(), edge)
+                    .with_context(|| format!("starting executors of edge {edge}"))?,
             };
             let info = topology
                 .edges
@@ -108,11 +114,50 @@ impl Fleet {
     pub async fn shutdown(self, grace: Duration) {
         self.token.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
+        // Executors drain alongside the listeners: in-flight invocations
+        // finish (within `grace`), then their workers are killed.
+        let drains: Vec<_> = self
+            .edges
+            .iter()
+            .map(|cx| {
+                let exec = cx.exec.clone();
+                tokio::spawn(async move { exec.drain(grace).await })
+            })
+            .collect();
+        let all = async {
+            self.tasks.wait().await;
+            for d in drains {
+                let _ = d.await;
+            }
+        };
+        if tokio::time::timeout(grace + crate::exec::KILL_GRACE, all)
             .await
             .is_err()
         {
             tracing::warn!(?grace, "grace period expired; stopping remaining tasks");
+        }
+    }
+}
+
+/// SIGHUP re-reads the geo database (a corrupt file is rejected and the
+/// database in use kept).
+async fn reload_on_sighup(geo: Arc<GeoDb>, token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload by replacing the file");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading the geo database");
+        if let Err(error) = geo.reload() {
+            tracing::error!(%error, "new geo database rejected; keeping the old one");
         }
     }
 }

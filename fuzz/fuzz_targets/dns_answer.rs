@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use fnroute::dns::{DnsState, Responder, Transport};
 use fnroute::geo::GeoDb;
 use fnroute::mesh::LiveView;
-use fnroute::node::EdgeContext;
 use libfuzzer_sys::fuzz_target;
 
 fn responder() -> &'static Mutex<Responder> {
@@ -21,13 +20,8 @@ fn responder() -> &'static Mutex<Responder> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-config/three-edges.toml");
         let t = Arc::new(fnroute::config::load(&path).expect("topology"));
         let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo"));
-        let cx = EdgeContext {
-            edge: 0,
-            topology: t.clone(),
-            geo,
-            view: Arc::new(LiveView::new(t.clone())),
-        };
-        Mutex::new(Responder::new(Arc::new(DnsState::new(&cx))))
+        let view = Arc::new(LiveView::new(t.clone()));
+        Mutex::new(Responder::new(Arc::new(DnsState::new(0, t, geo, view))))
     })
 }
 

@@ -101,8 +101,24 @@ pub struct DnsState {
 }
 
 impl DnsState {
-    pub fn new(cx: &EdgeContext) -> Self {
-        let t = &cx.topology;
+    /// The state of `cx`'s edge.
+    pub fn for_edge(cx: &EdgeContext) -> Self {
+        Self::new(
+            cx.edge,
+            cx.topology.clone(),
+            cx.geo.clone(),
+            cx.view.clone(),
+        )
+    }
+
+    /// The state of `edge` of `topology`, reading `view` and `geo`.
+    pub fn new(
+        edge: EdgeId,
+        topology: Arc<Topology>,
+        geo: Arc<GeoDb>,
+        view: Arc<LiveView>,
+    ) -> Self {
+        let t = &topology;
         let zone_wire = wire::name_from_text(&t.zone);
         let functions = t
             .functions
@@ -147,18 +163,18 @@ impl DnsState {
             })
             .collect();
         Self {
-            edge: cx.edge,
+            edge,
             zone_labels: t.zone.trim_end_matches('.').split('.').count(),
-            topology: t.clone(),
-            geo: cx.geo.clone(),
-            view: cx.view.clone(),
+            rate_limit: t.dns.rate_limit.map(RateLimiter::new),
+            topology,
+            geo,
+            view,
             zone_wire,
             functions,
             ns_names,
             ns_labels,
             v4,
             v6,
-            rate_limit: t.dns.rate_limit.map(RateLimiter::new),
             stats: DnsStats::default(),
             epoch: tokio::time::Instant::now(),
         }
@@ -296,14 +312,18 @@ impl BoundDns {
 /// Binds the edge's `dns_listen` for UDP and TCP. Port 0 picks a free port
 /// shared by both. Errors name the address.
 pub async fn bind(cx: &EdgeContext) -> anyhow::Result<BoundDns> {
-    let state = Arc::new(DnsState::new(cx));
-    let want = cx
+    bind_state(Arc::new(DnsState::for_edge(cx))).await
+}
+
+/// Binds the `dns_listen` of `state`'s edge (see [`bind`]).
+pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
+    let want = state
         .topology
         .edges
-        .get(cx.edge)
+        .get(state.edge)
         .context("edge index out of range")?
         .dns_listen;
-    let sockets = match cx.topology.dns.udp_sockets {
+    let sockets = match state.topology.dns.udp_sockets {
         0 => default_udp_sockets(),
         n => n,
     };

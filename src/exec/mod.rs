@@ -1,22 +1,53 @@
 //! Local executors: the worker processes that run functions on this edge.
 //!
 //! `exec` owns processes (start, scale, restart, kill) and the loopback
-//! Lambda Runtime API server they talk to. It knows nothing of QUIC, DNS or
-//! other edges: callers hand it an `Invocation` and get bytes or an
-//! `ExecError` back.
+//! Lambda Runtime API they talk to. It knows nothing of QUIC, DNS or other
+//! edges: callers hand it an `Invocation` and get bytes or an `ExecError`
+//! back.
 //!
-//! FIXME(issue 4): this first cut runs every function as a one-shot
-//! process per invocation (`command` semantics); Lambda worker pools with
-//! the Runtime API replace it.
+//! - `lambda`: a pool of long-lived workers per function. Every worker gets
+//!   its own Runtime API listener on 127.0.0.1 (the port identifies the
+//!   worker, so `next` needs no routing and a worker can only answer its
+//!   own invocation). Workers pull invocations (`next` long-polls); the
+//!   pool grows while invocations queue, shrinks after `keep_warm` idle,
+//!   replaces crashed workers with backoff and kills workers past the
+//!   deadline.
+//! - `command`: one process per invocation, event on stdin, result on
+//!   stdout.
+//! - `policy`: the pure decisions (scaling, backoff, metering, limits).
+//!
+//! Invariants: every admitted invocation ends with an answer (result or
+//! error) by its deadline plus [`KILL_GRACE`], whatever its worker does;
+//! queues and worker counts are bounded by the topology; every process is
+//! started in its own process group and the group is killed when the
+//! worker is done with.
 
-use std::sync::Arc;
+mod command;
+mod lambda;
+mod policy;
+mod process;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use crate::config::{EdgeId, Function, Topology};
+use crate::config::{EdgeId, ExecutorKind, Function, Topology};
+
+/// How long after an invocation's deadline its caller gives up waiting for
+/// the worker to be killed and answers `Timeout` itself.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// `retry-after` suggested when a pool is saturated.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Largest result a function may return (AWS Lambda's synchronous limit).
+pub const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
 
 /// One request to run a function.
 #[derive(Debug, Clone)]
@@ -43,12 +74,14 @@ pub struct Output {
 /// Where the time of one invocation went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
-    /// Waiting for a worker.
+    /// Waiting for a worker (including a cold start).
     pub queued: Duration,
     /// From handing the event to the worker until its result.
     pub run: Duration,
     /// A new worker had to be started for this invocation.
     pub cold_start: bool,
+    /// For a cold start: from spawning the worker to its first `next`.
+    pub init: Duration,
 }
 
 /// Why an invocation did not produce a result. `Clone` so coalesced
@@ -58,7 +91,8 @@ pub enum ExecError {
     /// No function of that name is hosted on this edge.
     #[error("function {0:?} is not hosted on this edge")]
     UnknownFunction(String),
-    /// The pool and its queue are full; retry after the given time.
+    /// The pool and its queue are full (or the queue wait timed out);
+    /// retry after the given time.
     #[error("function {function:?} is saturated")]
     Saturated {
         function: String,
@@ -81,16 +115,137 @@ pub enum ExecError {
     Internal(String),
 }
 
+/// A snapshot of one function's pool on this edge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FunctionStats {
+    pub function: String,
+    /// Live worker processes (lambda), or running processes (command).
+    pub workers: usize,
+    /// Workers started but not yet asking for work.
+    pub starting: usize,
+    /// Workers waiting in `next`.
+    pub idle: usize,
+    /// Workers running an invocation.
+    pub busy: usize,
+    /// Invocations waiting for a worker.
+    pub queued: usize,
+    /// Invocations admitted so far.
+    pub invocations: u64,
+    /// Invocations that waited for a new worker.
+    pub cold_starts: u64,
+    /// Sum of cold-start init times (spawn to first `next`).
+    pub cold_start_total: Duration,
+    /// The latest cold-start init time.
+    pub last_cold_start: Option<Duration>,
+    /// Workers that exited on their own (crashed).
+    pub crashes: u64,
+    /// Workers (or commands) killed at a deadline.
+    pub kills: u64,
+    /// Reports on `/runtime/init/error`.
+    pub init_errors: u64,
+    /// Invocations refused or dropped from the queue as saturated.
+    pub saturated: u64,
+    /// Workers started in total.
+    pub spawned: u64,
+    /// Workers stopped after idling past keep-warm.
+    pub retired: u64,
+}
+
+/// One metered invocation (emitted to the log as `fnroute::metering`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterRecord {
+    pub function: String,
+    pub edge: String,
+    pub duration: Duration,
+    /// `duration` rounded up to a whole millisecond (at least 1).
+    pub billed_ms: u64,
+    pub memory_mb: u32,
+    pub gb_seconds: f64,
+    /// Whether the function answered with a result.
+    pub ok: bool,
+}
+
+/// Running metering totals of one function on this edge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeterTotals {
+    pub function: String,
+    pub edge: String,
+    pub memory_mb: u32,
+    pub invocations: u64,
+    pub errors: u64,
+    pub duration: Duration,
+    pub billed_ms: u64,
+    /// Exact memory-time in MiB·ms; `gb_seconds` derives from it.
+    pub mb_ms: u128,
+    pub gb_seconds: f64,
+}
+
 /// The executors of one edge.
 #[derive(Debug)]
 pub struct Executors {
     edge: EdgeId,
+    edge_name: String,
+    capacity: u32,
     topology: Arc<Topology>,
+    pools: BTreeMap<String, Pool>,
+    draining: AtomicBool,
+    in_flight: Arc<AtomicUsize>,
+    meter: Arc<Meter>,
+    /// Cancelled when the workers must go (drain done or dropped).
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Debug)]
+enum Pool {
+    Lambda(Arc<lambda::LambdaPool>),
+    Command(Box<command::CommandPool>),
 }
 
 impl Executors {
-    pub fn new(topology: Arc<Topology>, edge: EdgeId) -> Self {
-        Self { edge, topology }
+    /// Builds the pools of every function hosted on `edge` and starts their
+    /// `concurrency_min` workers. Must run inside a tokio runtime.
+    pub fn start(topology: Arc<Topology>, edge: EdgeId) -> anyhow::Result<Arc<Self>> {
+        let info = topology
+            .edges
+            .get(edge)
+            .with_context(|| format!("edge index {edge} out of range"))?;
+        let edge_name = info.name.clone();
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let meter = Arc::new(Meter::new(edge_name.clone()));
+        let mut pools = BTreeMap::new();
+        for f in topology.functions.iter().filter(|f| f.hosted_on(edge)) {
+            let pool = match f.executor.kind {
+                ExecutorKind::Lambda => Pool::Lambda(lambda::LambdaPool::start(
+                    f.clone(),
+                    &topology,
+                    &edge_name,
+                    meter.clone(),
+                    stop.clone(),
+                    tasks.clone(),
+                )),
+                ExecutorKind::Command => Pool::Command(Box::new(command::CommandPool::new(
+                    f.clone(),
+                    &topology,
+                    meter.clone(),
+                    stop.clone(),
+                ))),
+            };
+            pools.insert(f.name.clone(), pool);
+        }
+        Ok(Arc::new(Self {
+            edge,
+            edge_name,
+            capacity: info.capacity.max(1),
+            topology,
+            pools,
+            draining: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            meter,
+            stop,
+            tasks,
+        }))
     }
 
     /// The function if this edge hosts it.
@@ -100,61 +255,192 @@ impl Executors {
             .filter(|f| f.hosted_on(self.edge))
     }
 
-    /// Runs one invocation to completion or failure.
-    pub async fn invoke(&self, inv: Invocation) -> Result<Output, ExecError> {
-        let f = self
-            .function(&inv.function)
+    /// Runs one invocation to completion or failure. Never waits past the
+    /// invocation's deadline (bounded by the function's timeout) plus
+    /// [`KILL_GRACE`].
+    pub async fn invoke(&self, mut inv: Invocation) -> Result<Output, ExecError> {
+        sanitize(&mut inv);
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ExecError::ShuttingDown);
+        }
+        let name = inv.function.to_ascii_lowercase();
+        let pool = self
+            .pools
+            .get(&name)
             .ok_or_else(|| ExecError::UnknownFunction(inv.function.clone()))?;
-        let started = Instant::now();
-        let deadline = inv.deadline.min(started + f.timeout);
-        let (prog, args) = f
-            .executor
-            .command
-            .split_first()
-            .ok_or_else(|| ExecError::Internal("empty command".into()))?;
-        let mut child = tokio::process::Command::new(prog)
-            .args(args)
-            .current_dir(&f.executor.workdir)
-            .envs(&f.executor.env)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| ExecError::Internal(format!("cannot start {prog}: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let payload = inv.payload.clone();
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&payload).await;
-            });
+        let _guard = InFlight::enter(&self.in_flight);
+        let span = tracing::debug_span!("invoke", function = %name, req = %inv.request_id, edge = %self.edge_name);
+        let result = match pool {
+            Pool::Lambda(p) => p.invoke(inv).instrument(span).await,
+            Pool::Command(p) => p.invoke(inv).instrument(span).await,
+        };
+        if let Err(error) = &result {
+            tracing::debug!(function = %name, %error, "invocation failed");
         }
-        let out = tokio::time::timeout_at(deadline, child.wait_with_output())
+        result
+    }
+
+    /// Per-function pool counters, in function-name order.
+    pub fn stats(&self) -> Vec<FunctionStats> {
+        self.pools
+            .values()
+            .map(|p| match p {
+                Pool::Lambda(p) => p.stats(),
+                Pool::Command(p) => p.stats(),
+            })
+            .collect()
+    }
+
+    /// Invocations in flight (queued or running) as a share of the edge's
+    /// capacity: 0.0 idle, 1.0 at capacity (may exceed 1.0).
+    pub fn load(&self) -> f64 {
+        self.in_flight.load(Ordering::Relaxed) as f64 / f64::from(self.capacity)
+    }
+
+    /// Metering totals per function, in function-name order.
+    pub fn metering(&self) -> Vec<MeterTotals> {
+        self.meter.totals()
+    }
+
+    /// Whether `drain` has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops taking invocations (`ShuttingDown`), lets those admitted
+    /// (queued or running) finish within `grace`, then kills every worker
+    /// (anything still running fails with `ShuttingDown`).
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::Release);
+        for p in self.pools.values() {
+            if let Pool::Lambda(p) = p {
+                p.set_draining();
+            }
+        }
+        let until = Instant::now() + grace;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = self.in_flight.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(edge = %self.edge_name, ?grace, left, "drain grace expired; killing workers");
+        }
+        self.stop.cancel();
+        for p in self.pools.values() {
+            if let Pool::Lambda(p) = p {
+                p.fail_queued();
+            }
+        }
+        self.tasks.close();
+        if tokio::time::timeout(KILL_GRACE, self.tasks.wait())
             .await
-            .map_err(|_| ExecError::Timeout(deadline - started))?
-            .map_err(|e| ExecError::Internal(e.to_string()))?;
-        if !out.status.success() {
-            let tail = String::from_utf8_lossy(&out.stderr);
-            let tail: String = tail
-                .chars()
-                .rev()
-                .take(512)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(ExecError::Function {
-                error_type: "CommandFailed".into(),
-                message: format!("{}: {}", out.status, tail.trim()),
-            });
+            .is_err()
+        {
+            tracing::warn!(edge = %self.edge_name, "workers still stopping after drain");
         }
-        Ok(Output {
-            body: Bytes::from(out.stdout),
-            content_type: None,
-            timing: Timing {
-                queued: Duration::ZERO,
-                run: started.elapsed(),
-                cold_start: true,
-            },
-        })
+    }
+}
+
+impl Drop for Executors {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Request ids and trace ids become Runtime API header values: anything
+/// that is not short visible ASCII is replaced (ids) or dropped (traces).
+fn sanitize(inv: &mut Invocation) {
+    fn ok(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic())
+    }
+    if !ok(&inv.request_id) {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        inv.request_id = format!("fnroute-{}", SEQ.fetch_add(1, Ordering::Relaxed));
+    }
+    if inv.trace.as_deref().is_some_and(|t| !ok(t)) {
+        inv.trace = None;
+    }
+}
+
+/// Counts an admitted invocation until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Self(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Running metering totals of an edge.
+#[derive(Debug)]
+struct Meter {
+    edge: String,
+    totals: Mutex<BTreeMap<String, MeterTotals>>,
+}
+
+impl Meter {
+    fn new(edge: String) -> Self {
+        Self {
+            edge,
+            totals: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Meters one invocation that ran for `run` on a worker.
+    fn record(&self, f: &Function, run: Duration, ok: bool) -> MeterRecord {
+        let billed_ms = policy::billed_ms(run);
+        let mb_ms = policy::mb_ms(f.memory_mb, billed_ms);
+        let rec = MeterRecord {
+            function: f.name.clone(),
+            edge: self.edge.clone(),
+            duration: run,
+            billed_ms,
+            memory_mb: f.memory_mb,
+            gb_seconds: policy::gb_seconds(mb_ms),
+            ok,
+        };
+        tracing::debug!(
+            target: "fnroute::metering",
+            function = %rec.function,
+            edge = %rec.edge,
+            duration_us = u64::try_from(run.as_micros()).unwrap_or(u64::MAX),
+            billed_ms,
+            memory_mb = rec.memory_mb,
+            gb_seconds = rec.gb_seconds,
+            ok,
+            "metered"
+        );
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let t = totals.entry(f.name.clone()).or_insert_with(|| MeterTotals {
+            function: f.name.clone(),
+            edge: self.edge.clone(),
+            memory_mb: f.memory_mb,
+            ..MeterTotals::default()
+        });
+        t.invocations += 1;
+        if !ok {
+            t.errors += 1;
+        }
+        t.duration += run;
+        t.billed_ms += billed_ms;
+        t.mb_ms += mb_ms;
+        t.gb_seconds = policy::gb_seconds(t.mb_ms);
+        rec
+    }
+
+    fn totals(&self) -> Vec<MeterTotals> {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

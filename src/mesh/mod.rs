@@ -5,6 +5,8 @@
 //! holds the static topology (every edge up and idle); updates go through
 //! `LiveView::update`, which always publishes a new generation.
 
+pub mod health;
+
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};

@@ -3,9 +3,6 @@
 //! run in parallel and next to a running server). Queries are built and
 //! responses decoded with hickory-proto, and `dig` checks us too.
 
-// Test helpers outside `#[test]` functions: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +13,6 @@ use fnroute::config::Topology;
 use fnroute::dns::{self, DnsState};
 use fnroute::geo::GeoDb;
 use fnroute::mesh::LiveView;
-use fnroute::node::EdgeContext;
 use fnroute::placement::EdgeState;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
@@ -32,7 +28,8 @@ const SIN: &str = "127.0.0.13";
 
 struct Server {
     addr: SocketAddr,
-    cx: EdgeContext,
+    topology: Arc<Topology>,
+    view: Arc<LiveView>,
     state: Arc<DnsState>,
     token: CancellationToken,
 }
@@ -57,20 +54,17 @@ fn topology(tweak: impl FnOnce(&mut Topology)) -> Topology {
 async fn start_with(edge: &str, tweak: impl FnOnce(&mut Topology)) -> Server {
     let t = Arc::new(topology(tweak));
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
-    let cx = EdgeContext {
-        edge: t.edge_id(edge).expect("edge"),
-        topology: t.clone(),
-        geo,
-        view: Arc::new(LiveView::new(t.clone())),
-    };
-    let bound = dns::bind(&cx).await.expect("bind");
+    let view = Arc::new(LiveView::new(t.clone()));
+    let state = DnsState::new(t.edge_id(edge).expect("edge"), t.clone(), geo, view.clone());
+    let bound = dns::bind_state(Arc::new(state)).await.expect("bind");
     let addr = bound.local_addr();
     let state = bound.state().clone();
     let token = CancellationToken::new();
     tokio::spawn(bound.serve(token.clone()));
     Server {
         addr,
-        cx,
+        topology: t,
+        view,
         state,
         token,
     }
@@ -302,8 +296,8 @@ async fn unhealthy_or_overloaded_edges_are_skipped() {
     let s = start().await;
     let paris = || query("echo.fn.test.", RecordType::A, Some("198.51.100.0/24"));
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![FRA]);
-    let fra = s.cx.topology.edge_id("fra").unwrap();
-    s.cx.view.update(|v| {
+    let fra = s.topology.edge_id("fra").unwrap();
+    s.view.update(|v| {
         v.with_edge(
             fra,
             EdgeState {
@@ -314,7 +308,7 @@ async fn unhealthy_or_overloaded_edges_are_skipped() {
         )
     });
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
-    s.cx.view.update(|v| {
+    s.view.update(|v| {
         v.with_edge(
             fra,
             EdgeState {
@@ -325,14 +319,14 @@ async fn unhealthy_or_overloaded_edges_are_skipped() {
         )
     });
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
-    s.cx.view.update(|v| v.with_edge(fra, EdgeState::default()));
+    s.view.update(|v| v.with_edge(fra, EdgeState::default()));
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![FRA]);
 }
 
 #[tokio::test]
 async fn all_unhealthy_serves_the_nearest_and_counts_it() {
     let s = start().await;
-    s.cx.view.update(|v| {
+    s.view.update(|v| {
         let mut v = v.clone();
         for e in &mut v.edges {
             e.healthy = false;
@@ -699,13 +693,11 @@ async fn binding_a_busy_address_names_it() {
     let s = start().await;
     let t = Arc::new(topology(|t| t.edges[0].dns_listen = s.addr));
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).unwrap());
-    let cx = EdgeContext {
-        edge: 0,
-        topology: t.clone(),
-        geo,
-        view: Arc::new(LiveView::new(t.clone())),
-    };
-    let err = dns::bind(&cx).await.err().expect("the address is taken");
+    let state = DnsState::new(0, t.clone(), geo, Arc::new(LiveView::new(t.clone())));
+    let err = dns::bind_state(Arc::new(state))
+        .await
+        .err()
+        .expect("the address is taken");
     assert!(format!("{err:#}").contains(&s.addr.to_string()), "{err:#}");
 }
 

@@ -1,5 +1,9 @@
 //! One integration-test binary (faster builds); each area is a module.
+//! Test helpers may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
 
+mod cli;
 mod config;
 mod dns;
+mod exec;
 mod geo;

@@ -1,0 +1,212 @@
+//! `kind = "command"`: one process per invocation. The event goes to
+//! stdin, stdout is the result, a non-zero exit is a function error carrying
+//! the tail of stderr, and the process group is killed at the deadline.
+//! Concurrency is bounded by `concurrency_max` (a semaphore) and the wait
+//! for a permit by the edge's queue size and queue timeout.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Function, Topology};
+
+use super::policy::Tail;
+use super::process::{self, Group};
+use super::{
+    ExecError, FunctionStats, Invocation, Meter, Output, Timing, MAX_RESULT_BYTES, RETRY_AFTER,
+};
+
+/// Bytes of stderr kept for the error message.
+const STDERR_TAIL: usize = 2048;
+
+#[derive(Debug)]
+pub(crate) struct CommandPool {
+    f: Function,
+    name: Arc<str>,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    queue_cap: usize,
+    queue_timeout: Duration,
+    meter: Arc<Meter>,
+    stop: CancellationToken,
+    stats: Mutex<FunctionStats>,
+}
+
+impl CommandPool {
+    pub(crate) fn new(
+        f: Function,
+        topology: &Topology,
+        meter: Arc<Meter>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            name: Arc::from(f.name.as_str()),
+            permits: Arc::new(Semaphore::new(f.concurrency_max.max(1) as usize)),
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            queue_cap: topology.executors.queue as usize,
+            queue_timeout: topology.executors.queue_timeout,
+            meter,
+            stop,
+            stats: Mutex::new(FunctionStats::default()),
+            f,
+        }
+    }
+
+    pub(crate) async fn invoke(&self, inv: Invocation) -> Result<Output, ExecError> {
+        let now = Instant::now();
+        let deadline = inv.deadline;
+        if deadline <= now {
+            return Err(ExecError::Timeout(Duration::ZERO));
+        }
+        self.bump(|s| s.invocations += 1);
+        let _permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_cap {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    self.bump(|s| s.saturated += 1);
+                    return Err(self.saturated());
+                }
+                let limit = (now + self.queue_timeout).min(deadline);
+                let got = timeout_at(limit, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(ExecError::ShuttingDown),
+                    Err(_) if limit >= deadline => return Err(ExecError::Timeout(deadline - now)),
+                    Err(_) => {
+                        self.bump(|s| s.saturated += 1);
+                        return Err(self.saturated());
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let deadline = deadline.min(started + self.f.timeout);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let result = self
+            .run(&inv.request_id, inv.payload, deadline, started)
+            .await;
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        let run = started.elapsed();
+        if !matches!(result, Err(ExecError::Internal(_))) {
+            self.meter.record(&self.f, run, result.is_ok());
+        }
+        let body = result?;
+        Ok(Output {
+            body,
+            content_type: None,
+            timing: Timing {
+                queued: started.saturating_duration_since(now),
+                run,
+                cold_start: true,
+                init: Duration::ZERO,
+            },
+        })
+    }
+
+    pub(crate) fn stats(&self) -> FunctionStats {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.function = self.f.name.clone();
+        let running = self.running.load(Ordering::Relaxed);
+        s.workers = running;
+        s.busy = running;
+        s.queued = self.waiting.load(Ordering::Relaxed);
+        s
+    }
+
+    async fn run(
+        &self,
+        request_id: &str,
+        payload: Bytes,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<Bytes, ExecError> {
+        let env = [
+            ("FNROUTE_FUNCTION", self.f.name.clone()),
+            ("FNROUTE_REQUEST_ID", request_id.to_string()),
+        ];
+        let mut group =
+            Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;
+        self.bump(|s| s.spawned += 1);
+        let stdin = group.child.stdin.take();
+        let stdout = group.child.stdout.take();
+        let stderr = group.child.stderr.take();
+        let write = async move {
+            if let Some(mut stdin) = stdin {
+                // A command may exit without reading its input.
+                let _ = stdin.write_all(&payload).await;
+            }
+        };
+        let read = async move {
+            let mut out = Vec::new();
+            if let Some(stdout) = stdout {
+                let limit = u64::try_from(MAX_RESULT_BYTES).unwrap_or(u64::MAX) + 1;
+                let _ = stdout.take(limit).read_to_end(&mut out).await;
+            }
+            out
+        };
+        let name = self.name.clone();
+        let rid = request_id.to_string();
+        let errors = async move {
+            let mut tail = Tail::new(STDERR_TAIL);
+            if let Some(stderr) = stderr {
+                process::forward_lines(stderr, name, "stderr", || rid.clone(), Some(&mut tail))
+                    .await;
+            }
+            tail
+        };
+        let wait = async {
+            let status = group.child.wait().await;
+            // Stragglers in the group die with the command.
+            group.sweep();
+            status
+        };
+        let done = tokio::select! {
+            r = timeout_at(deadline, async { tokio::join!(write, read, errors, wait) }) => r.ok(),
+            () = self.stop.cancelled() => None,
+        };
+        let Some(((), out, tail, status)) = done else {
+            group.kill_and_reap().await;
+            if self.stop.is_cancelled() {
+                return Err(ExecError::ShuttingDown);
+            }
+            self.bump(|s| s.kills += 1);
+            return Err(ExecError::Timeout(started.elapsed()));
+        };
+        let status =
+            status.map_err(|e| ExecError::Internal(format!("waiting for {}: {e}", self.name)))?;
+        if out.len() > MAX_RESULT_BYTES {
+            return Err(ExecError::Function {
+                error_type: "Function.ResponseSizeTooLarge".to_string(),
+                message: format!("output is larger than {MAX_RESULT_BYTES} bytes"),
+            });
+        }
+        if !status.success() {
+            return Err(ExecError::Function {
+                error_type: "CommandFailed".to_string(),
+                message: format!("{status}: {}", tail.text()),
+            });
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn saturated(&self) -> ExecError {
+        ExecError::Saturated {
+            function: self.f.name.clone(),
+            retry_after: RETRY_AFTER,
+        }
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut FunctionStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
