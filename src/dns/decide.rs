@@ -15,8 +15,12 @@ use crate::placement::{self, View};
 
 /// At most this many edges per answer (`[dns].answers` is validated to 16).
 pub(crate) const MAX_ANSWERS: usize = 16;
-/// Database lookups one scope computation may spend widening.
+/// Database lookups one scope computation may spend widening, at most.
 pub(crate) const WIDEN_BUDGET: u32 = 32;
+/// Ranked candidates one scope computation may spend widening: with a
+/// large fleet each step ranks every host, so fewer steps are taken (the
+/// scope stays true, only less wide).
+const WIDEN_WORK: usize = 4096;
 
 /// The best edges for one client, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +58,8 @@ pub(crate) fn choose(view: &View, hosts: &[EdgeId], geo: &GeoAnswer, n: usize) -
 /// which the decision equals `choice`. Starts from the database network
 /// that decided (`start`, always true: one network, one location) and
 /// widens one bit at a time while every network in the sibling half gives
-/// the same choice, spending at most `WIDEN_BUDGET` lookups.
+/// the same choice, spending at most `WIDEN_BUDGET` lookups (fewer for
+/// functions on many edges, see `WIDEN_WORK`).
 pub(crate) fn scope(
     geo: &GeoDb,
     view: &View,
@@ -66,7 +71,7 @@ pub(crate) fn scope(
 ) -> u8 {
     let (bits, a) = to_bits(addr);
     let mut s = start.min(bits);
-    let mut budget = WIDEN_BUDGET;
+    let mut budget = (WIDEN_WORK / hosts.len().max(1)).clamp(1, WIDEN_BUDGET as usize) as u32;
     while s > 0 {
         let block = 1u128 << (bits - s);
         let base = mask(a, s, bits) ^ block;
