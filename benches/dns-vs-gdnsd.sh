@@ -80,6 +80,14 @@ port_of() { if [ "$1" = fnroute ]; then echo $FN_PORT; else echo $GDNSD_PORT; fi
 pid_of() { if [ "$1" = fnroute ]; then echo "$FN_PID"; else echo "$GD_PID"; fi; }
 hz=$(getconf CLK_TCK)
 
+# ------------------------------------------------------------------ warm-up
+# Discarded: lets both servers finish start-up work (gdnsd builds its geo
+# map in the background) before anything is measured.
+for port in $FN_PORT $GDNSD_PORT; do
+  taskset -c 0 dnsperf -B -d "$PEERS/queries/$BLOB.blob" -s 127.0.0.1 -p "$port" \
+    -l 5 -c "$CLIENTS" -q "$OUTSTANDING" -t 2 > /dev/null 2>&1 || true
+done
+
 # ------------------------------------------------------------------ peak
 TSV="$OUT/peak.tsv"
 echo -e "server\trep\tsent\tcompleted\tlost\tqps\tavg_lat_ms\tmax_lat_ms\tcpu_s\tqps_per_cpu_s" > "$TSV"
