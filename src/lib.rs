@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod dns;
 pub mod exec;
 pub mod geo;
 pub mod mesh;

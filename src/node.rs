@@ -128,6 +128,10 @@ impl Fleet {
                 functions = ?hosted,
                 "edge started"
             );
+            let dns = crate::dns::bind(&cx)
+                .await
+                .with_context(|| format!("starting the DNS front door of edge {}", info.name))?;
+            tasks.spawn(dns.serve(token.child_token()));
             contexts.push(cx);
         }
         Ok(Self {

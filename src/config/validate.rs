@@ -315,7 +315,7 @@ fn check_dns(cx: &mut Ctx<'_>, d: &RawDns) -> DnsSettings {
                 Some(s.span()),
                 "dns.udp_sockets",
                 format!("udp_sockets = {} is too many", s.get_ref()),
-                Some("use 0 (one per core) up to 64".into()),
+                Some("use 0 (one per core, at least two) up to 64".into()),
             );
         }
     }

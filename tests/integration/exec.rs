@@ -460,7 +460,6 @@ async fn scales_up_under_concurrency_and_down_when_idle() {
             "concurrency = { min = 0, max = 3 }",
         ),
     );
-    let t0 = Instant::now();
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let ex = ex.clone();

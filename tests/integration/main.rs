@@ -6,5 +6,6 @@ mod admin;
 mod cache;
 mod cli;
 mod config;
+mod dns;
 mod exec;
 mod geo;

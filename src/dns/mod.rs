@@ -1,0 +1,426 @@
+//! The DNS front door: an authoritative server for the topology's zone that
+//! answers `<function>.<zone>` with the best edges for the asking client.
+//!
+//! `dns` owns the wire format of its answers, the UDP and TCP listeners of
+//! one edge, the per-worker decision cache and response rate limiting. It
+//! reads the edge's `LiveView` (lock-free, per query) and the geo database,
+//! and asks `placement::rank` for the decision; it never waits on the
+//! network and knows nothing of QUIC, dispatch or executors.
+//!
+//! Every transport goes through one function, [`Responder::respond`]
+//! (query bytes + client address → response bytes), which the fuzz target
+//! and the benches call too:
+//! - UDP: our own receive loop, one OS thread per `SO_REUSEPORT` socket
+//!   (`[dns].udp_sockets`, 0 = one per core, at least two), batching with
+//!   `recvmmsg`/`sendmmsg`, a decision cache per thread. hickory-server's
+//!   UDP loop spawns a task per datagram and decodes every query into
+//!   allocated `Message` parts; at 200k+ queries per second per core that
+//!   is the whole budget, so the hot path is ours (see `wire`).
+//! - TCP: hickory-server's `Server` (connection handling, framing, idle
+//!   timeouts) with a `RequestHandler` that calls the same function.
+//!
+//! Names: `<zone>` SOA and NS (NS names `ns-<edge>.<zone>`, with their
+//! A/AAAA), `<function>.<zone>` A, AAAA, HTTPS (RFC 9460) and TXT (the
+//! explanation of the decision, for operators: `dig TXT resize.fn.test`).
+
+mod answer;
+mod decide;
+mod rrl;
+mod udp;
+pub(crate) mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hickory_server::proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EdgeId, Topology};
+use crate::geo::GeoDb;
+use crate::mesh::LiveView;
+use crate::node::EdgeContext;
+
+pub use rrl::{RateLimiter, Verdict};
+
+/// Idle TCP connections are closed after this long.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// How the query arrived: decides the largest response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// 512 bytes, or the client's EDNS payload size (at most 4096).
+    Udp,
+    /// 65535 bytes.
+    Tcp,
+}
+
+/// Counters of one edge's DNS front door.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    fallback: AtomicU64,
+}
+
+impl DnsStats {
+    /// Answers served although every candidate was unhealthy or draining.
+    pub fn fallback(&self) -> u64 {
+        self.fallback.load(Ordering::Relaxed)
+    }
+    fn count_fallback(&self) {
+        self.fallback.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every worker of one edge's DNS front door shares. Built once from
+/// the topology; only the view and the geo database change under it.
+#[derive(Debug)]
+pub struct DnsState {
+    edge: EdgeId,
+    topology: Arc<Topology>,
+    geo: Arc<GeoDb>,
+    view: Arc<LiveView>,
+    /// The zone in wire format, lower case.
+    zone_wire: Vec<u8>,
+    zone_labels: usize,
+    /// Lower-case function label → index in `topology.functions`.
+    functions: HashMap<Vec<u8>, usize>,
+    /// `ns-<edge>` label → edge.
+    ns_names: HashMap<Vec<u8>, EdgeId>,
+    /// `ns-<edge>` per edge.
+    ns_labels: Vec<Vec<u8>>,
+    v4: Vec<Vec<Ipv4Addr>>,
+    v6: Vec<Vec<Ipv6Addr>>,
+    rate_limit: Option<RateLimiter>,
+    pub stats: DnsStats,
+    epoch: tokio::time::Instant,
+}
+
+impl DnsState {
+    /// The state of `cx`'s edge.
+    pub fn for_edge(cx: &EdgeContext) -> Self {
+        Self::new(
+            cx.edge,
+            cx.topology.clone(),
+            cx.geo.clone(),
+            cx.view.clone(),
+        )
+    }
+
+    /// The state of `edge` of `topology`, reading `view` and `geo`.
+    pub fn new(
+        edge: EdgeId,
+        topology: Arc<Topology>,
+        geo: Arc<GeoDb>,
+        view: Arc<LiveView>,
+    ) -> Self {
+        let t = &topology;
+        let zone_wire = wire::name_from_text(&t.zone);
+        let functions = t
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.to_ascii_lowercase().into_bytes(), i))
+            .collect();
+        let ns_labels: Vec<Vec<u8>> = t
+            .edges
+            .iter()
+            .map(|e| format!("ns-{}", e.name.to_ascii_lowercase()).into_bytes())
+            .collect();
+        let ns_names = ns_labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i))
+            .collect();
+        let v4 = t
+            .edges
+            .iter()
+            .map(|e| {
+                e.addresses
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let v6 = t
+            .edges
+            .iter()
+            .map(|e| {
+                e.addresses
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V6(v6) => Some(*v6),
+                        IpAddr::V4(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            edge,
+            zone_labels: t.zone.trim_end_matches('.').split('.').count(),
+            rate_limit: t.dns.rate_limit.map(RateLimiter::new),
+            topology,
+            geo,
+            view,
+            zone_wire,
+            functions,
+            ns_names,
+            ns_labels,
+            v4,
+            v6,
+            stats: DnsStats::default(),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The rate limiter's verdict for a UDP response to `client` now.
+    pub fn rate_limit(&self, client: IpAddr) -> Verdict {
+        match &self.rate_limit {
+            None => Verdict::Send,
+            Some(l) => l.check(client, self.epoch.elapsed().as_millis() as u64),
+        }
+    }
+
+    /// Responses withheld by rate limiting so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limit.as_ref().map_or(0, RateLimiter::limited)
+    }
+}
+
+/// One worker's answering machine: the shared state and a private
+/// decision cache.
+pub struct Responder {
+    state: Arc<DnsState>,
+    cache: decide::DecisionCache,
+}
+
+impl Responder {
+    pub fn new(state: Arc<DnsState>) -> Self {
+        Self {
+            state,
+            cache: decide::DecisionCache::default(),
+        }
+    }
+
+    pub fn state(&self) -> &Arc<DnsState> {
+        &self.state
+    }
+
+    /// Writes the response to the query `packet` from `client` into `out`.
+    /// Returns false when nothing is to be sent (shorter than a header, or
+    /// a response). Never panics on any input.
+    pub fn respond(
+        &mut self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        answer::respond(
+            &self.state,
+            Some(&mut self.cache),
+            packet,
+            client,
+            transport,
+            out,
+        )
+    }
+}
+
+/// The response to one query, without a decision cache.
+pub fn answer(
+    state: &DnsState,
+    packet: &[u8],
+    client: IpAddr,
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    answer::respond(state, None, packet, client, transport, &mut out).then_some(out)
+}
+
+/// An empty truncated (TC) answer to `packet`, as sent for a rate-limit
+/// slip.
+pub fn truncated(packet: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    answer::truncated(packet, &mut out).then_some(out)
+}
+
+/// The bound, not yet serving, sockets of one edge's DNS front door.
+pub struct BoundDns {
+    state: Arc<DnsState>,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl BoundDns {
+    /// The address UDP and TCP listen on (with the real port when the
+    /// topology asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &Arc<DnsState> {
+        &self.state
+    }
+
+    /// Serves until `token` is cancelled, then stops the workers.
+    pub async fn serve(self, token: CancellationToken) {
+        let name = self.state.topology.edges[self.state.edge].name.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for (i, sock) in self.udp.into_iter().enumerate() {
+            let responder = Responder::new(self.state.clone());
+            let stop = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dns-udp-{name}-{i}"))
+                .spawn(move || udp::worker(sock, responder, &stop));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(error) => {
+                    tracing::error!(%error, edge = %name, "cannot start a DNS UDP worker")
+                }
+            }
+        }
+        let mut server = Server::new(TcpHandler {
+            state: self.state.clone(),
+        });
+        server.register_listener(self.tcp, TCP_IDLE, 64);
+        tracing::info!(edge = %name, addr = %self.addr, udp_workers = workers.len(), "dns serving");
+        token.cancelled().await;
+        stop.store(true, Ordering::Relaxed);
+        if let Err(error) = server.shutdown_gracefully().await {
+            tracing::warn!(%error, edge = %name, "dns tcp shutdown");
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        tracing::info!(edge = %name, "dns stopped");
+    }
+}
+
+/// Binds the edge's `dns_listen` for UDP and TCP. Port 0 picks a free port
+/// shared by both. Errors name the address.
+pub async fn bind(cx: &EdgeContext) -> anyhow::Result<BoundDns> {
+    bind_state(Arc::new(DnsState::for_edge(cx))).await
+}
+
+/// Binds the `dns_listen` of `state`'s edge (see [`bind`]).
+pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
+    let want = state
+        .topology
+        .edges
+        .get(state.edge)
+        .context("edge index out of range")?
+        .dns_listen;
+    let sockets = match state.topology.dns.udp_sockets {
+        0 => default_udp_sockets(),
+        n => n,
+    };
+    let mut last_error = None;
+    // With port 0 the TCP port is free but the same UDP port may not be:
+    // try a few ports.
+    for _ in 0..if want.port() == 0 { 8 } else { 1 } {
+        let tcp = tokio::net::TcpListener::bind(want)
+            .await
+            .with_context(|| format!("binding DNS TCP on {want}"))?;
+        let addr = tcp
+            .local_addr()
+            .with_context(|| format!("DNS TCP socket on {want}"))?;
+        match udp::bind(addr, sockets) {
+            Ok(udp) => {
+                return Ok(BoundDns {
+                    state,
+                    udp,
+                    tcp,
+                    addr,
+                })
+            }
+            Err(e) => last_error = Some((addr, e)),
+        }
+    }
+    let (addr, e) = last_error.context("no UDP bind attempted")?;
+    Err(anyhow::Error::new(e).context(format!("binding DNS UDP on {addr}")))
+}
+
+/// `[dns].udp_sockets = 0`: one socket (and thread) per core this process
+/// may run on, and at least two. Two threads on one core outrun one: while
+/// one waits in the kernel the other answers, and each empties its socket
+/// and sleeps often, so the scheduler runs it as soon as a query arrives
+/// (one always-busy thread is time-sliced like a batch job when the core
+/// is shared; measured with dnsperf: ~75k vs ~135k queries per second on
+/// one shared core, see docs/performance.md). gdnsd defaults to two UDP
+/// threads as well.
+fn default_udp_sockets() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// Binds and serves one edge's DNS front door until `token` is cancelled.
+pub async fn serve(cx: EdgeContext, token: CancellationToken) -> anyhow::Result<()> {
+    bind(&cx).await?.serve(token).await;
+    Ok(())
+}
+
+/// hickory-server's TCP front end, answering through `answer::respond`.
+struct TcpHandler {
+    state: Arc<DnsState>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for TcpHandler {
+    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let silent = ResponseInfo::from(Header {
+            metadata: Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query),
+            counts: HeaderCounts::default(),
+        });
+        let Some(bytes) = answer(
+            &self.state,
+            request.as_slice(),
+            request.src().ip(),
+            Transport::Tcp,
+        ) else {
+            return silent;
+        };
+        // Our bytes back into hickory's types: hickory frames and writes
+        // them (and checks they decode).
+        let msg = match Message::from_vec(&bytes) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::error!(%error, "dns response does not decode");
+                return silent;
+            }
+        };
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = msg.edns.as_ref() {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            msg.metadata,
+            msg.answers.iter(),
+            msg.authorities.iter(),
+            std::iter::empty(),
+            msg.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "dns tcp send failed");
+                silent
+            }
+        }
+    }
+}

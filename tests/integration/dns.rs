@@ -1,0 +1,763 @@
+//! DNS front door over real sockets on loopback, with
+//! `edge-config/three-edges.toml` (listen ports rewritten to 0 so tests
+//! run in parallel and next to a running server). Queries are built and
+//! responses decoded with hickory-proto, and `dig` checks us too.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnroute::config::Topology;
+use fnroute::dns::{self, DnsState};
+use fnroute::geo::GeoDb;
+use fnroute::mesh::LiveView;
+use fnroute::placement::EdgeState;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::svcb::{SvcParamKey, SvcParamValue};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+const FRA: &str = "127.0.0.11";
+const NYC: &str = "127.0.0.12";
+const SIN: &str = "127.0.0.13";
+
+struct Server {
+    addr: SocketAddr,
+    topology: Arc<Topology>,
+    view: Arc<LiveView>,
+    state: Arc<DnsState>,
+    token: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+fn topology(tweak: impl FnOnce(&mut Topology)) -> Topology {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-config/three-edges.toml");
+    let mut t = fnroute::config::load(&path).expect("three-edges.toml loads");
+    for e in &mut t.edges {
+        e.dns_listen.set_port(0);
+    }
+    t.dns.udp_sockets = 2;
+    tweak(&mut t);
+    t
+}
+
+async fn start_with(edge: &str, tweak: impl FnOnce(&mut Topology)) -> Server {
+    let t = Arc::new(topology(tweak));
+    let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
+    let view = Arc::new(LiveView::new(t.clone()));
+    let state = DnsState::new(t.edge_id(edge).expect("edge"), t.clone(), geo, view.clone());
+    let bound = dns::bind_state(Arc::new(state)).await.expect("bind");
+    let addr = bound.local_addr();
+    let state = bound.state().clone();
+    let token = CancellationToken::new();
+    tokio::spawn(bound.serve(token.clone()));
+    Server {
+        addr,
+        topology: t,
+        view,
+        state,
+        token,
+    }
+}
+
+async fn start() -> Server {
+    start_with("fra", |_| {}).await
+}
+
+fn query(name: &str, rtype: RecordType, ecs: Option<&str>) -> Message {
+    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    if let Some(net) = ecs {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        let subnet: ClientSubnet = net.parse().unwrap();
+        edns.options_mut().insert(EdnsOption::Subnet(subnet));
+        m.set_edns(edns);
+    }
+    m
+}
+
+async fn udp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(bytes, addr).await.unwrap();
+    let mut buf = vec![0; 65535];
+    match tokio::time::timeout(Duration::from_millis(700), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+async fn udp(addr: SocketAddr, m: &Message) -> Message {
+    let bytes = udp_raw(addr, &m.to_vec().unwrap())
+        .await
+        .expect("a UDP answer");
+    Message::from_vec(&bytes).expect("the answer decodes")
+}
+
+async fn tcp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    s.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    let read = async {
+        s.read_exact(&mut len).await.ok()?;
+        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn tcp(addr: SocketAddr, m: &Message) -> Message {
+    let bytes = tcp_raw(addr, &m.to_vec().unwrap())
+        .await
+        .expect("a TCP answer");
+    Message::from_vec(&bytes).expect("the answer decodes")
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ecs_of(m: &Message) -> Option<ClientSubnet> {
+    match m
+        .edns
+        .as_ref()?
+        .option(hickory_proto::rr::rdata::opt::EdnsCode::Subnet)?
+    {
+        EdnsOption::Subnet(s) => Some(*s),
+        _ => None,
+    }
+}
+
+fn has_soa_authority(m: &Message) -> bool {
+    m.authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA && r.name.to_ascii() == "fn.test.")
+}
+
+/// The address of `net` (an ECS "a.b.c.d/len") with `bit` flipped.
+fn flip(net: &str, bit: u8) -> String {
+    let (ip, len) = net.split_once('/').unwrap();
+    match ip.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => {
+            let v = u32::from(a) ^ (1 << (31 - bit));
+            format!("{}/{len}", std::net::Ipv4Addr::from(v))
+        }
+        IpAddr::V6(a) => {
+            let v = u128::from(a) ^ (1 << (127 - bit));
+            format!("{}/{len}", std::net::Ipv6Addr::from(v))
+        }
+    }
+}
+
+#[tokio::test]
+async fn ecs_sample_prefixes_get_the_nearest_edge_and_a_true_scope() {
+    let s = start().await;
+    for (net, edge, db_prefix) in [
+        ("198.51.100.0/24", FRA, 24), // Paris
+        ("192.0.2.0/24", NYC, 24),    // Boston
+        ("203.0.113.0/24", SIN, 24),  // Jakarta
+        ("2001:db8::/32", SIN, 32),   // Tokyo
+    ] {
+        let r = udp(s.addr, &query("echo.fn.test.", RecordType::A, Some(net))).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{net}");
+        assert!(r.metadata.authoritative, "{net}");
+        assert!(!r.metadata.recursion_available, "{net}");
+        assert_eq!(addresses(&r), vec![edge.to_string()], "{net}");
+        assert_eq!(r.answers[0].ttl, 20);
+        let ecs = ecs_of(&r).unwrap_or_else(|| panic!("{net}: ECS echoed"));
+        let (ip, len) = net.split_once('/').unwrap();
+        assert_eq!(ecs.addr(), ip.parse::<IpAddr>().unwrap(), "{net}");
+        assert_eq!(ecs.source_prefix().to_string(), len, "{net}");
+        let scope = ecs.scope_prefix();
+        // At least the database network that decided...
+        assert!(scope <= db_prefix, "{net}: scope /{scope}");
+        // ... and true: every subnet inside the scope gets the same answer.
+        for bit in scope..db_prefix.min(scope + 6) {
+            let other = flip(net, bit);
+            let r = udp(s.addr, &query("echo.fn.test.", RecordType::A, Some(&other))).await;
+            assert_eq!(
+                addresses(&r),
+                vec![edge.to_string()],
+                "{other} inside {net}/{scope}"
+            );
+        }
+        // ... and not wider than it is true: flipping the bit just above the
+        // scope changes the answer (when the scope is not /0).
+        if scope > 0 {
+            let other = flip(net, scope - 1);
+            let r = udp(s.addr, &query("echo.fn.test.", RecordType::A, Some(&other))).await;
+            assert_ne!(
+                addresses(&r),
+                vec![edge.to_string()],
+                "{other} outside /{scope}"
+            );
+        }
+    }
+    // Boston, Jakarta, Tokyo sit next to unmapped space (default location:
+    // Frankfurt), so their scope is exactly the database network.
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("192.0.2.0/24")),
+    )
+    .await;
+    assert_eq!(ecs_of(&r).unwrap().scope_prefix(), 24);
+    // Paris's neighbours are unmapped and default to Frankfurt as well, so
+    // the answer holds for a wider prefix (gdnsd-style).
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("198.51.100.0/24")),
+    )
+    .await;
+    assert!(ecs_of(&r).unwrap().scope_prefix() < 24);
+}
+
+#[tokio::test]
+async fn ecs_wider_and_narrower_than_the_database() {
+    let s = start().await;
+    // A /32 inside Boston's /24: answered for the /24 (scope shorter than
+    // the source).
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("192.0.2.7/32")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![NYC]);
+    assert_eq!(ecs_of(&r).unwrap().scope_prefix(), 24);
+    // A /16 around Boston: the lookup of 192.0.0.0 is unmapped (default,
+    // fra), and the /24 inside differs: the scope must be longer than 16.
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("192.0.0.0/16")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![FRA]);
+    assert!(ecs_of(&r).unwrap().scope_prefix() > 16);
+    // Source /0: no tailoring asked, scope 0.
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("0.0.0.0/0")),
+    )
+    .await;
+    assert_eq!(ecs_of(&r).unwrap().scope_prefix(), 0);
+    assert_eq!(addresses(&r).len(), 1);
+}
+
+#[tokio::test]
+async fn without_ecs_the_source_address_decides() {
+    let s = start().await;
+    // Loopback is not in the database: the default location (Frankfurt).
+    let r = udp(s.addr, &query("echo.fn.test.", RecordType::A, None)).await;
+    assert_eq!(addresses(&r), vec![FRA]);
+    assert!(r.edns.is_none());
+}
+
+#[tokio::test]
+async fn function_on_nyc_and_sin_sends_paris_to_nyc() {
+    let s = start().await;
+    let r = udp(
+        s.addr,
+        &query("resize.fn.test.", RecordType::A, Some("198.51.100.0/24")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![NYC]);
+    let r = udp(
+        s.addr,
+        &query("hello.fn.test.", RecordType::A, Some("198.51.100.0/24")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![SIN]);
+}
+
+#[tokio::test]
+async fn unhealthy_or_overloaded_edges_are_skipped() {
+    let s = start().await;
+    let paris = || query("echo.fn.test.", RecordType::A, Some("198.51.100.0/24"));
+    assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![FRA]);
+    let fra = s.topology.edge_id("fra").unwrap();
+    s.view.update(|v| {
+        v.with_edge(
+            fra,
+            EdgeState {
+                healthy: false,
+                draining: false,
+                load: 0.0,
+            },
+        )
+    });
+    assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
+    s.view.update(|v| {
+        v.with_edge(
+            fra,
+            EdgeState {
+                healthy: true,
+                draining: false,
+                load: 0.95,
+            },
+        )
+    });
+    assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
+    s.view.update(|v| v.with_edge(fra, EdgeState::default()));
+    assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![FRA]);
+}
+
+#[tokio::test]
+async fn all_unhealthy_serves_the_nearest_and_counts_it() {
+    let s = start().await;
+    s.view.update(|v| {
+        let mut v = v.clone();
+        for e in &mut v.edges {
+            e.healthy = false;
+        }
+        v
+    });
+    let before = s.state.stats.fallback();
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::A, Some("192.0.2.0/24")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![NYC]);
+    assert_eq!(s.state.stats.fallback(), before + 1);
+}
+
+#[tokio::test]
+async fn names_are_case_insensitive_and_the_question_is_echoed() {
+    let s = start().await;
+    let r = udp(
+        s.addr,
+        &query("EcHo.Fn.TeSt.", RecordType::A, Some("203.0.113.0/24")),
+    )
+    .await;
+    assert_eq!(addresses(&r), vec![SIN]);
+    assert_eq!(r.queries[0].name.to_ascii(), "EcHo.Fn.TeSt.");
+}
+
+#[tokio::test]
+async fn apex_soa_and_ns_with_glue() {
+    let s = start().await;
+    let r = udp(s.addr, &query("fn.test.", RecordType::SOA, None)).await;
+    assert_eq!(r.answers.len(), 1);
+    match &r.answers[0].data {
+        RData::SOA(soa) => {
+            assert_eq!(soa.mname.to_ascii(), "ns-fra.fn.test.");
+            assert_eq!(soa.rname.to_ascii(), "hostmaster.fn.test.");
+        }
+        other => panic!("not a SOA: {other:?}"),
+    }
+    let r = udp(s.addr, &query("fn.test.", RecordType::NS, None)).await;
+    let mut ns: Vec<String> = r
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::NS(n) => Some(n.0.to_ascii()),
+            _ => None,
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        ["ns-fra.fn.test.", "ns-nyc.fn.test.", "ns-sin.fn.test."]
+    );
+    let glue: Vec<String> = r
+        .additionals
+        .iter()
+        .map(|r| format!("{} {}", r.name.to_ascii(), r.data))
+        .collect();
+    assert!(
+        glue.contains(&"ns-nyc.fn.test. 127.0.0.12".to_string()),
+        "{glue:?}"
+    );
+    let r = udp(s.addr, &query("NS-SIN.fn.test.", RecordType::A, None)).await;
+    assert_eq!(addresses(&r), vec![SIN]);
+}
+
+#[tokio::test]
+async fn nxdomain_nodata_refused_notimp() {
+    let s = start().await;
+    for name in ["nope.fn.test.", "x.echo.fn.test."] {
+        let r = udp(s.addr, &query(name, RecordType::A, None)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert!(r.metadata.authoritative);
+        assert!(has_soa_authority(&r), "{name}: SOA in authority");
+    }
+    // NODATA: no IPv6 address on the chosen edge, and other types.
+    for rtype in [RecordType::AAAA, RecordType::MX, RecordType::SVCB] {
+        let r = udp(s.addr, &query("echo.fn.test.", rtype, None)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{rtype}");
+        assert!(r.answers.is_empty(), "{rtype}");
+        assert!(has_soa_authority(&r), "{rtype}");
+    }
+    let r = udp(s.addr, &query("fn.test.", RecordType::A, None)).await;
+    assert!(r.answers.is_empty() && has_soa_authority(&r));
+    // Outside the zone, and a name that only ends like it.
+    for name in ["example.com.", "xfn.test.", "test."] {
+        let r = udp(s.addr, &query(name, RecordType::A, None)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{name}");
+        assert!(!r.metadata.authoritative);
+        assert!(r.answers.is_empty() && r.authorities.is_empty());
+    }
+    // Recursion is never offered, even when desired.
+    let mut m = query("example.com.", RecordType::A, None);
+    m.metadata.recursion_desired = true;
+    let r = udp(s.addr, &m).await;
+    assert!(r.metadata.recursion_desired && !r.metadata.recursion_available);
+    // Opcodes other than QUERY.
+    let mut m = query("echo.fn.test.", RecordType::A, None);
+    m.metadata.op_code = OpCode::Status;
+    let r = udp(s.addr, &m).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+}
+
+/// A raw query for echo.fn.test A with one OPT carrying `options`, EDNS
+/// version `version`.
+fn raw_query(version: u8, options: &[u8]) -> Vec<u8> {
+    let mut p = vec![0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    p.extend(b"\x04echo\x02fn\x04test\x00\x00\x01\x00\x01");
+    p.extend([0, 0, 41, 0x04, 0xd0, 0, version, 0, 0]);
+    p.extend((options.len() as u16).to_be_bytes());
+    p.extend(options);
+    p
+}
+
+fn ecs_option(family: u16, source: u8, scope: u8, addr: &[u8]) -> Vec<u8> {
+    let mut o = vec![0, 8];
+    o.extend(((4 + addr.len()) as u16).to_be_bytes());
+    o.extend(family.to_be_bytes());
+    o.extend([source, scope]);
+    o.extend(addr);
+    o
+}
+
+#[tokio::test]
+async fn invalid_ecs_is_formerr_and_edns_version_1_is_badvers() {
+    let s = start().await;
+    for (why, opt) in [
+        (
+            "prefix longer than IPv4",
+            ecs_option(1, 33, 0, &[1, 2, 3, 4, 5]),
+        ),
+        (
+            "too many address octets",
+            ecs_option(1, 24, 0, &[198, 51, 100, 7]),
+        ),
+        (
+            "bits beyond the prefix",
+            ecs_option(1, 23, 0, &[198, 51, 101]),
+        ),
+        ("unknown family", ecs_option(7, 24, 0, &[198, 51, 100])),
+        (
+            "scope set in a query",
+            ecs_option(1, 24, 24, &[198, 51, 100]),
+        ),
+    ] {
+        let bytes = udp_raw(s.addr, &raw_query(0, &opt)).await.expect(why);
+        assert_eq!(bytes[3] & 0xf, 1, "{why}: FORMERR");
+        assert_eq!(&bytes[..2], &[0xab, 0xcd], "{why}");
+    }
+    let good = ecs_option(1, 24, 0, &[198, 51, 100]);
+    let r = Message::from_vec(&udp_raw(s.addr, &raw_query(0, &good)).await.unwrap()).unwrap();
+    assert_eq!(addresses(&r), vec![FRA]);
+    let r = Message::from_vec(&udp_raw(s.addr, &raw_query(1, &good)).await.unwrap()).unwrap();
+    // 16 is BADVERS in an OPT-carrying response (hickory names it BADSIG).
+    assert_eq!(u16::from(r.metadata.response_code), 16);
+    assert_eq!(r.edns.as_ref().unwrap().version(), 0);
+    assert!(r.answers.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
+    let s = start().await;
+    // Shorter than a header: silence.
+    assert_eq!(udp_raw(s.addr, &[1, 2, 3]).await, None);
+    // A response: silence (no reflection).
+    let mut m = query("echo.fn.test.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    m[2] |= 0x80;
+    assert_eq!(udp_raw(s.addr, &m).await, None);
+    // Cut short, garbage after the question, a label too long, two
+    // questions: FORMERR.
+    let good = query("echo.fn.test.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let mut cut = good.clone();
+    cut.truncate(good.len() - 3);
+    let mut trailing = good.clone();
+    trailing.extend([1, 2, 3]);
+    let mut long_label = good[..12].to_vec();
+    long_label.push(64);
+    long_label.extend([b'a'; 64]);
+    long_label.extend([0, 0, 1, 0, 1]);
+    let mut two = good.clone();
+    two[5] = 2;
+    for (why, p) in [
+        ("cut", cut),
+        ("trailing", trailing),
+        ("label", long_label),
+        ("two questions", two),
+    ] {
+        let r = udp_raw(s.addr, &p)
+            .await
+            .unwrap_or_else(|| panic!("{why}: answered"));
+        assert_eq!(r[3] & 0xf, 1, "{why}: FORMERR");
+        assert!(Message::from_vec(&r).is_ok(), "{why}: decodes");
+    }
+    let r = udp(s.addr, &query("echo.fn.test.", RecordType::A, None)).await;
+    assert_eq!(addresses(&r), vec![FRA]);
+}
+
+#[tokio::test]
+async fn truncation_when_the_answer_does_not_fit() {
+    // fra with 40 addresses: 40 A records do not fit in 512 bytes.
+    let s = start_with("fra", |t| {
+        t.edges[0].addresses = (1..=40)
+            .map(|i| format!("127.0.1.{i}").parse().unwrap())
+            .collect();
+    })
+    .await;
+    let m = query("upper.fn.test.", RecordType::A, None);
+    let r = udp(s.addr, &m).await;
+    assert!(r.metadata.truncation, "TC without EDNS");
+    assert!(r.answers.is_empty());
+    // With an EDNS buffer of 1232 it fits.
+    let r = udp(
+        s.addr,
+        &query("upper.fn.test.", RecordType::A, Some("198.51.100.0/24")),
+    )
+    .await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 40);
+    // Over TCP it always fits.
+    let r = tcp(s.addr, &m).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 40);
+}
+
+#[tokio::test]
+async fn txt_explains_the_decision() {
+    let s = start().await;
+    let r = udp(
+        s.addr,
+        &query("resize.fn.test.", RecordType::TXT, Some("198.51.100.0/24")),
+    )
+    .await;
+    let lines: Vec<String> = r
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let text = lines.join("\n");
+    assert!(text.contains("198.51.100.0/24 (ecs)"), "{text}");
+    assert!(text.contains("FR database network /24"), "{text}");
+    assert!(text.contains("nyc chosen"), "{text}");
+    assert!(text.contains("sin lost (farther)"), "{text}");
+    assert!(!text.contains("fra"), "fra does not host resize: {text}");
+}
+
+#[tokio::test]
+async fn https_record_points_at_the_quic_port() {
+    let s = start().await;
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::HTTPS, Some("192.0.2.0/24")),
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+    let RData::HTTPS(h) = &r.answers[0].data else {
+        panic!("not HTTPS: {:?}", r.answers[0]);
+    };
+    assert_eq!(h.0.svc_priority, 1);
+    assert!(h.0.target_name.is_root());
+    let params: Vec<String> =
+        h.0.svc_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+    let find = |key: SvcParamKey| {
+        h.0.svc_params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    };
+    match find(SvcParamKey::Alpn) {
+        Some(SvcParamValue::Alpn(a)) => assert_eq!(a.0, vec!["h3".to_string()]),
+        other => panic!("alpn: {other:?} in {params:?}"),
+    }
+    match find(SvcParamKey::Port) {
+        Some(SvcParamValue::Port(p)) => assert_eq!(p, 4433),
+        other => panic!("port: {other:?} in {params:?}"),
+    }
+    match find(SvcParamKey::Ipv4Hint) {
+        Some(SvcParamValue::Ipv4Hint(h)) => {
+            assert_eq!(
+                h.0.iter().map(|a| a.0.to_string()).collect::<Vec<_>>(),
+                [NYC]
+            )
+        }
+        other => panic!("ipv4hint: {other:?} in {params:?}"),
+    }
+    assert_eq!(ecs_of(&r).unwrap().scope_prefix(), 24);
+}
+
+#[tokio::test]
+async fn tcp_answers_like_udp() {
+    let s = start().await;
+    for net in ["198.51.100.0/24", "192.0.2.0/24", "2001:db8::/32"] {
+        let m = query("echo.fn.test.", RecordType::A, Some(net));
+        let (u, t) = (udp(s.addr, &m).await, tcp(s.addr, &m).await);
+        assert_eq!(addresses(&u), addresses(&t), "{net}");
+        assert_eq!(ecs_of(&u), ecs_of(&t), "{net}");
+    }
+    let r = tcp(s.addr, &query("nope.fn.test.", RecordType::A, None)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    let r = tcp(s.addr, &query("example.com.", RecordType::A, None)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test]
+async fn rate_limiting_per_prefix_with_slip() {
+    let s = start_with("fra", |t| {
+        t.dns.rate_limit = Some(fnroute::config::RateLimit {
+            responses_per_second: 1.0,
+            burst: 3.0,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            slip: 2,
+        });
+    })
+    .await;
+    let bytes = query("echo.fn.test.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..12 {
+        sock.send_to(&bytes, s.addr).await.unwrap();
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = vec![0; 4096];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+    {
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty());
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    // A burst of 3 (one more token may have come back meanwhile), then
+    // every second dropped response slips out truncated.
+    assert!((3..=4).contains(&full), "full {full}");
+    assert!((4..=5).contains(&truncated), "truncated {truncated}");
+    assert!(s.state.rate_limited() >= 8);
+    // TCP is not limited.
+    let r = tcp(s.addr, &query("echo.fn.test.", RecordType::A, None)).await;
+    assert_eq!(addresses(&r), vec![FRA]);
+}
+
+#[tokio::test]
+async fn binding_a_busy_address_names_it() {
+    let s = start().await;
+    let t = Arc::new(topology(|t| t.edges[0].dns_listen = s.addr));
+    let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).unwrap());
+    let state = DnsState::new(0, t.clone(), geo, Arc::new(LiveView::new(t.clone())));
+    let err = dns::bind_state(Arc::new(state))
+        .await
+        .err()
+        .expect("the address is taken");
+    assert!(format!("{err:#}").contains(&s.addr.to_string()), "{err:#}");
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            "+norec",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run dig ({e}): install it with .ci/deps-dns.sh (Debian bind9-dnsutils)")
+        });
+    assert!(out.status.success(), "dig {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn dig_agrees() {
+    let s = start().await;
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let out = dig(addr, &["+subnet=198.51.100.0/24", "resize.fn.test", "A"]);
+        assert!(out.contains("status: NOERROR"), "{out}");
+        assert!(
+            out.contains("flags: qr aa;") || out.contains("flags: qr aa "),
+            "{out}"
+        );
+        assert!(out.contains("CLIENT-SUBNET: 198.51.100.0/24/"), "{out}");
+        assert!(out.contains("IN\tA\t127.0.0.12"), "{out}");
+        let out = dig(
+            addr,
+            &["+tcp", "+subnet=203.0.113.0/24", "echo.fn.test", "A"],
+        );
+        assert!(out.contains("IN\tA\t127.0.0.13"), "{out}");
+        assert!(out.contains("CLIENT-SUBNET: 203.0.113.0/24/24"), "{out}");
+        let out = dig(addr, &["nope.fn.test", "A"]);
+        assert!(out.contains("status: NXDOMAIN"), "{out}");
+        let out = dig(addr, &["example.org", "A"]);
+        assert!(out.contains("status: REFUSED"), "{out}");
+        let out = dig(
+            addr,
+            &["+edns=1", "+noednsnegotiation", "echo.fn.test", "A"],
+        );
+        assert!(out.contains("status: BADVERS"), "{out}");
+        let out = dig(addr, &["+subnet=192.0.2.0/24", "echo.fn.test", "HTTPS"]);
+        assert!(
+            out.contains("1 . alpn=\"h3\" port=4433 ipv4hint=127.0.0.12"),
+            "{out}"
+        );
+        let out = dig(addr, &["+short", "echo.fn.test", "TXT"]);
+        assert!(out.contains("fra chosen"), "{out}");
+        let out = dig(addr, &["fn.test", "NS"]);
+        assert!(out.contains("ns-sin.fn.test."), "{out}");
+    })
+    .await
+    .unwrap();
+}
