@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod exec;
+pub mod frontdoor;
 pub mod geo;
 pub mod mesh;
 pub mod node;

@@ -6,6 +6,7 @@
 //! a `CancellationToken`; shutdown cancels it and waits for the tasks
 //! within a bounded grace period.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub struct EdgeContext {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub view: Arc<LiveView>,
+    pub exec: Arc<crate::exec::Executors>,
 }
 
 impl EdgeContext {
@@ -44,6 +46,8 @@ pub struct Fleet {
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub edges: Vec<EdgeContext>,
+    /// Bound HTTP/3 front door address of each edge, in `edges` order.
+    pub quic_addrs: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -59,12 +63,14 @@ impl Fleet {
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
         let mut contexts = Vec::new();
+        let mut quic_addrs = Vec::new();
         for &edge in edges {
             let cx = EdgeContext {
                 edge,
                 topology: topology.clone(),
                 geo: geo.clone(),
                 view: Arc::new(LiveView::new(topology.clone())),
+                exec: Arc::new(crate::exec::Executors::new(topology.clone(), edge)),
             };
             let info = topology
                 .edges
@@ -84,12 +90,21 @@ impl Fleet {
                 functions = ?hosted,
                 "edge started"
             );
+            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone()).with_context(|| {
+                format!(
+                    "edge {}: http/3 front door on {}",
+                    info.name, info.quic_listen
+                )
+            })?;
+            quic_addrs.push(frontdoor.local_addr());
+            tasks.spawn(frontdoor.serve(token.child_token()));
             contexts.push(cx);
         }
         Ok(Self {
             topology,
             geo,
             edges: contexts,
+            quic_addrs,
             token,
             tasks,
         })
