@@ -27,6 +27,9 @@ type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// How long the endpoint may take to tell peers it closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Bounds on how long a draining connection lingers after its last response.
+const LINGER_MIN: Duration = Duration::from_millis(25);
+const LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// State shared by every connection of one front door.
 pub(crate) struct Shared {
@@ -293,6 +296,13 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
         }
         requests.close();
         requests.wait().await;
+        if shared.token.is_cancelled() {
+            // Closing discards stream data not yet acknowledged, and quinn
+            // does not say when a finished stream is acknowledged: give the
+            // last responses a few round trips (or until the client closes).
+            let linger = (conn.rtt() * 4).clamp(LINGER_MIN, LINGER_MAX);
+            let _ = tokio::time::timeout(linger, conn.closed()).await;
+        }
         // Dropping the h3 connection closes it with H3_NO_ERROR.
         drop(h3c);
     }
