@@ -285,7 +285,17 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
             };
             match next {
                 Ok(Some(resolver)) => {
-                    requests.spawn(request(shared.clone(), resolver, confirmed.clone()));
+                    // 0-RTT soundness: a replayed ClientHello with its early
+                    // data can never complete the handshake (the attacker
+                    // lacks the resumption secret for the client Finished).
+                    // So a request accepted after this connection's handshake
+                    // completed is not a replay; one accepted before may be,
+                    // and only idempotent functions may run from it (others
+                    // get 425 and the client retries after the handshake).
+                    let early = confirmed
+                        .as_ref()
+                        .is_some_and(|c| !c.load(Ordering::Acquire));
+                    requests.spawn(request(shared.clone(), resolver, early));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -314,7 +324,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
 async fn request(
     shared: Arc<Shared>,
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
-    confirmed: Option<Arc<AtomicBool>>,
+    early: bool,
 ) {
     let started = Instant::now();
     let read_deadline = started + shared.settings.body_read_timeout;
@@ -330,9 +340,6 @@ async fn request(
                 return;
             }
         };
-    // Read before handling anything: a request counts as early data when
-    // its headers were processed before the handshake completed.
-    let early = confirmed.is_some_and(|c| !c.load(Ordering::Acquire));
     let id = request_id();
     let name = match limits::route(req.method(), req.uri().path()) {
         Route::Invoke(n) => n.to_ascii_lowercase(),
