@@ -544,3 +544,84 @@ async fn fnroute_invoke_cli_end_to_end() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+/// A stand-in for the fnroute DNS front door: answers every A query with
+/// 127.0.0.1 and every HTTPS query with `alpn=h3 port=<port>`.
+async fn fake_dns(port: u16) -> std::net::SocketAddr {
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::rdata::svcb::{Alpn, SvcParamKey, SvcParamValue, SVCB};
+    use hickory_proto::rr::rdata::{A, HTTPS};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            for query in &q.queries {
+                r.add_query(query.clone());
+                let name = query.name().clone();
+                let data = match query.query_type {
+                    RecordType::A => RData::A(A("127.0.0.1".parse().expect("ip"))),
+                    RecordType::HTTPS => RData::HTTPS(HTTPS(SVCB::new(
+                        1,
+                        Name::root(),
+                        vec![
+                            (
+                                SvcParamKey::Alpn,
+                                SvcParamValue::Alpn(Alpn(vec!["h3".into()])),
+                            ),
+                            (SvcParamKey::Port, SvcParamValue::Port(port)),
+                        ],
+                    ))),
+                    _ => continue,
+                };
+                r.add_answer(Record::from_rdata(name, 20, data));
+            }
+            if let Ok(wire) = r.to_vec() {
+                let _ = sock.send_to(&wire, from).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fnroute_invoke_resolves_through_dns_with_the_https_port() {
+    let edge = start(Opts::default()).await;
+    let dns = fake_dns(edge.addr.port()).await;
+
+    let r = fnroute::frontdoor::client::resolve(dns, "upper.fn.test.", Duration::from_secs(2))
+        .await
+        .expect("resolve");
+    assert_eq!(r.addr, edge.addr.ip());
+    assert_eq!(r.port, Some(edge.addr.port()));
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
+        .args([
+            "invoke",
+            "upper",
+            "--data",
+            "via dns",
+            "--resolve",
+            &dns.to_string(),
+            "--zone",
+            "fn.test",
+        ])
+        .arg("--ca")
+        .arg(edge.cert())
+        .output()
+        .await
+        .expect("run fnroute invoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&out.stdout[..], b"VIA DNS");
+}
