@@ -625,3 +625,73 @@ async fn fnroute_invoke_resolves_through_dns_with_the_https_port() {
     );
     assert_eq!(&out.stdout[..], b"VIA DNS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_certificate_is_reused_on_restart() {
+    let mut edge = start(Opts::default()).await;
+    let pem = std::fs::read(edge.cert()).expect("dev cert written");
+    assert!(edge.topology.state_dir.join("dev-key.pem").is_file());
+    edge.shutdown().await;
+
+    // Same topology and state directory: the same certificate is served.
+    let fleet = fnroute::node::Fleet::start(edge.topology.clone(), &[0])
+        .await
+        .expect("restart");
+    assert_eq!(std::fs::read(edge.cert()).expect("cert"), pem);
+    let client = edge.client();
+    let conn = client
+        .connect(fleet.quic_addrs[0], "resize.fn.test")
+        .await
+        .expect("the old certificate is still trusted");
+    let r = conn
+        .invoke("resize", Bytes::from_static(b"again"))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200);
+    fleet.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_certificate_is_used_instead_of_a_generated_one() {
+    let edge = start(Opts::default()).await;
+    let dir = edge.dir.path();
+    let ck = rcgen::generate_simple_self_signed(vec!["*.fn.test".to_string()]).expect("cert");
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
+    let mut topo = (*edge.topology).clone();
+    topo.tls = Some(fnroute::config::TlsFiles {
+        cert: cert.clone(),
+        key,
+    });
+    topo.state_dir = dir.join("other-state");
+    let fleet = fnroute::node::Fleet::start(std::sync::Arc::new(topo), &[0])
+        .await
+        .expect("start");
+    assert!(
+        !dir.join("other-state/dev-cert.pem").exists(),
+        "no dev cert generated"
+    );
+
+    let client = fnroute::frontdoor::client::Client::new(
+        &fnroute::frontdoor::client::Trust::Ca(cert),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("client");
+    let conn = client
+        .connect(fleet.quic_addrs[0], "upper.fn.test")
+        .await
+        .expect("configured certificate served");
+    let r = conn
+        .invoke("upper", Bytes::from_static(b"tls"))
+        .await
+        .expect("invoke");
+    assert_eq!(&r.body[..], b"TLS");
+    // The generated development certificate of the other edge is not it.
+    assert!(edge
+        .client()
+        .connect(fleet.quic_addrs[0], "upper.fn.test")
+        .await
+        .is_err());
+    fleet.shutdown(Duration::from_secs(2)).await;
+}
