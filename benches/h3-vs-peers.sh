@@ -2,6 +2,7 @@
 # fnroute's HTTP/3 front door side by side with the peer anchors, in ONE run:
 #   fnroute      POST /fn/$FN through the front door (edge on 127.0.0.1:$FN_PORT)
 #   h3-echo      bare quinn + h3 echo server (the transport's ceiling)        ../shared/bench/quic-peers
+#   fnroute-404  POST /fn/no-such-function: the front door alone (QUIC, h3, routing, a 404 problem+json), no executor
 #   caddy-proxy  Caddy (Debian package) HTTP/3 reverse proxy -> hyper HTTP/1.1 echo (Caddy defaults)
 #   caddy-proxy-ka  the same with keepalive_idle_conns_per_host 1024
 # at 1 in flight (c1x1: 1 connection x 1 stream) and 256 in flight (c4x64: 4 connections x 64 streams),
@@ -33,7 +34,7 @@ BODY=${BODY:-256}
 SRV_CPU=${SRV_CPU:-1}
 LG_CPU=${LG_CPU:-0}
 SCENARIOS=${SCENARIOS:-c1x1 c4x64}
-ONLY=${ONLY:-fnroute h3-echo caddy-proxy caddy-proxy-ka}
+ONLY=${ONLY:-fnroute fnroute-404 h3-echo caddy-proxy caddy-proxy-ka}
 H3_ECHO_PORT=4502 CADDY_PROXY_PORT=4434 CADDY_PROXY_KA_PORT=4435 BACKEND_PORT=8081
 
 mkdir -p "$STATE/logs"
@@ -142,13 +143,15 @@ sleep 1
 url() {
   case $1 in
     fnroute) echo "https://127.0.0.1:$FN_PORT/fn/$FN" ;;
+    # the front door without an executor: an unknown function answered with a 404 problem+json
+    fnroute-404) echo "https://127.0.0.1:$FN_PORT/fn/no-such-function" ;;
     h3-echo) echo "https://127.0.0.1:$H3_ECHO_PORT/echo" ;;
     caddy-proxy) echo "https://127.0.0.1:$CADDY_PROXY_PORT/echo" ;;
     caddy-proxy-ka) echo "https://127.0.0.1:$CADDY_PROXY_KA_PORT/echo" ;;
   esac
 }
 # fnroute's development certificate names *.fn.test, not the IP: SNI bench.fn.test (h3load --insecure anyway).
-extra() { [[ $1 == fnroute ]] && echo "--server-name $FN.fn.test" || true; }
+extra() { [[ $1 == fnroute* ]] && echo "--server-name $FN.fn.test" || true; }
 sys_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }   # all CPUs, 1/100 s ticks
 # Wait until others use less than IDLE_MAX % of a core (shared machine), at most IDLE_WAIT s.
 IDLE_MAX=${IDLE_MAX:-15} IDLE_WAIT=${IDLE_WAIT:-300}
