@@ -11,6 +11,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dns;
 pub mod exec;
+pub mod frontdoor;
 pub mod geo;
 pub mod mesh;
 pub mod metrics;

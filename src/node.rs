@@ -63,6 +63,8 @@ pub struct Fleet {
     pub edges: Vec<EdgeContext>,
     /// The bound admin address of each edge (same order as `edges`).
     pub admin: Vec<SocketAddr>,
+    /// Bound HTTP/3 front door address of each edge, in `edges` order.
+    pub quic_addrs: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
     /// The admin listeners stop last, so `/healthz` says "draining" while
@@ -90,6 +92,7 @@ impl Fleet {
         let admin_tasks = TaskTracker::new();
         let mut admin = Vec::new();
         let mut contexts = Vec::new();
+        let mut quic_addrs = Vec::new();
         for &edge in edges {
             let cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
             let info = topology
@@ -132,6 +135,14 @@ impl Fleet {
                 .await
                 .with_context(|| format!("starting the DNS front door of edge {}", info.name))?;
             tasks.spawn(dns.serve(token.child_token()));
+            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone()).with_context(|| {
+                format!(
+                    "edge {}: http/3 front door on {}",
+                    info.name, info.quic_listen
+                )
+            })?;
+            quic_addrs.push(frontdoor.local_addr());
+            tasks.spawn(frontdoor.serve(token.child_token()));
             contexts.push(cx);
         }
         Ok(Self {
@@ -139,6 +150,7 @@ impl Fleet {
             geo,
             edges: contexts,
             admin,
+            quic_addrs,
             token,
             tasks,
             admin_token,

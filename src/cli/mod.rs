@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check`, `status`, `geo lookup`.
+//! Command-line interface: `serve`, `check`, `status`, `invoke`, `geo lookup`.
 //!
 //! Each subcommand loads and validates the topology through `config`
 //! before doing anything else; bad configuration exits with 64 (EX_USAGE)
@@ -63,6 +63,9 @@ pub enum Command {
         /// Topology file.
         file: PathBuf,
     },
+    /// Invoke a function over HTTP/3 (optionally resolving it through a
+    /// fnroute DNS front door first).
+    Invoke(InvokeArgs),
     /// Ask a running edge's admin listener for its view of the fleet.
     Status {
         /// The admin listener (host:port).
@@ -77,6 +80,43 @@ pub enum Command {
         #[command(subcommand)]
         command: GeoCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub name: String,
+    /// `-`: read the event from stdin.
+    #[arg(value_name = "-", conflicts_with_all = ["data", "data_file"])]
+    pub stdin: Option<String>,
+    /// The event, as text.
+    #[arg(long, conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the event from a file (`-` for stdin).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Edge to send it to, HOST:PORT (ignored with --resolve).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    pub edge: String,
+    /// Ask this fnroute DNS server (IP or IP:PORT, UDP) for NAME.<zone> first.
+    #[arg(long)]
+    pub resolve: Option<String>,
+    /// Zone of the function names (default: the embedded topology's).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Trust this PEM certificate or CA (default: the embedded topology's
+    /// certificate or its generated development certificate).
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// Do not verify the server certificate (development only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Shorten the function's deadline (milliseconds).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Print the status and response headers to stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,6 +166,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Status { admin, json } => status(&admin, json),
+        Command::Invoke(args) => invoke(args),
         Command::Geo {
             command: GeoCommand::Lookup { addr, db, config },
         } => geo_lookup(addr, db, config),
@@ -500,4 +541,166 @@ pub fn status_table(s: &crate::admin::Status) -> String {
     }
     let _ = writeln!(out, "\n* = the edge answering; - = not measured yet");
     out
+}
+
+/// sysexits.h EX_UNAVAILABLE: the edge or DNS server could not be reached.
+const EX_UNAVAILABLE: u8 = 69;
+
+/// `fnroute invoke`: prints the result body to stdout; errors (the
+/// problem+json detail) go to stderr with exit status 1 for an HTTP error
+/// and 69 when the edge could not be reached.
+fn invoke(args: InvokeArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let payload = match (&args.stdin, &args.data, &args.data_file) {
+        (Some(dash), _, _) if dash != "-" => {
+            eprintln!("fnroute: unexpected argument {dash:?} (use - for stdin)");
+            return ExitCode::from(EX_USAGE);
+        }
+        (Some(_), _, _) => read_stdin(),
+        (_, Some(d), _) => Ok(d.clone().into_bytes()),
+        (_, _, Some(p)) if p.as_os_str() == "-" => read_stdin(),
+        (_, _, Some(p)) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())),
+        _ => Ok(Vec::new()),
+    };
+    fn read_stdin() -> Result<Vec<u8>, String> {
+        let mut v = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut v)
+            .map(|_| v)
+            .map_err(|e| format!("reading stdin: {e}"))
+    }
+    let payload = match payload {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fnroute: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    // The zone and default trust come from the embedded topology unless given.
+    let topo = if args.zone.is_none() || (args.ca.is_none() && !args.insecure) {
+        match load(&default_topology_path()) {
+            Ok(t) => Some(t),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let zone = args
+        .zone
+        .clone()
+        .or_else(|| topo.as_ref().map(|t| t.zone.clone()))
+        .unwrap_or_default();
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    let trust = if args.insecure {
+        crate::frontdoor::client::Trust::Insecure
+    } else if let Some(ca) = &args.ca {
+        crate::frontdoor::client::Trust::Ca(ca.clone())
+    } else {
+        let t = topo.as_ref().map(|t| match &t.tls {
+            Some(tls) => tls.cert.clone(),
+            None => t.state_dir.join(crate::frontdoor::tls::DEV_CERT),
+        });
+        match t {
+            Some(p) if p.is_file() => crate::frontdoor::client::Trust::Ca(p),
+            _ => {
+                eprintln!("fnroute: no certificate to trust: give --ca FILE (e.g. state/dev-cert.pem) or --insecure");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fnroute: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let name = args.name.to_ascii_lowercase();
+    let fqdn = if zone.is_empty() {
+        name.clone()
+    } else {
+        format!("{name}.{zone}")
+    };
+    let result = runtime.block_on(async {
+        use crate::frontdoor::client::{self, Client, Request};
+        let addr: std::net::SocketAddr = match &args.resolve {
+            Some(server) => {
+                let server: std::net::SocketAddr = server
+                    .parse()
+                    .or_else(|_| server.parse::<IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| {
+                        (
+                            EX_USAGE,
+                            format!("--resolve {server:?}: not an IP or IP:PORT"),
+                        )
+                    })?;
+                let r = client::resolve(server, &format!("{fqdn}."), Duration::from_secs(3))
+                    .await
+                    .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+                (r.addr, r.port.unwrap_or(4433)).into()
+            }
+            None => tokio::net::lookup_host(&args.edge)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| (EX_USAGE, format!("--edge {:?}: not a HOST:PORT", args.edge)))?,
+        };
+        let bind: std::net::SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let client = Client::new(&trust, bind).map_err(|e| (EX_USAGE, e.to_string()))?;
+        let conn = client
+            .connect(addr, &fqdn)
+            .await
+            .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+        let mut req = Request::invoke(&name, bytes::Bytes::from(payload));
+        if let Some(ms) = args.timeout_ms {
+            req = req.header(crate::frontdoor::limits::TIMEOUT_HEADER, &ms.to_string());
+        }
+        let reply = conn
+            .send(req)
+            .await
+            .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+        conn.quic().close(0u32.into(), b"done");
+        client.close().await;
+        Ok::<_, (u8, String)>((addr, reply))
+    });
+    match result {
+        Ok((addr, reply)) => {
+            if args.verbose {
+                eprintln!("< {} from {addr}", reply.status);
+                for (k, v) in &reply.headers {
+                    eprintln!("< {k}: {}", v.to_str().unwrap_or("?"));
+                }
+            }
+            if (200..300).contains(&reply.status) {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&reply.body).and_then(|_| out.flush());
+                return ExitCode::SUCCESS;
+            }
+            match reply.problem() {
+                Some(p) => eprintln!(
+                    "fnroute: {} {}: {}",
+                    reply.status,
+                    p["title"].as_str().unwrap_or("error"),
+                    p["detail"].as_str().unwrap_or("")
+                ),
+                None => eprintln!(
+                    "fnroute: {}: {}",
+                    reply.status,
+                    String::from_utf8_lossy(&reply.body)
+                ),
+            }
+            ExitCode::from(1)
+        }
+        Err((code, message)) => {
+            eprintln!("fnroute: {message}");
+            ExitCode::from(code)
+        }
+    }
 }

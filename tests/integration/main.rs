@@ -8,4 +8,6 @@ mod cli;
 mod config;
 mod dns;
 mod exec;
+mod frontdoor;
 mod geo;
+mod harness;

@@ -1,0 +1,192 @@
+//! Admission decisions for the QUIC endpoint and request parsing helpers.
+//! Pure: no IO, no clock; the server passes in the counters it keeps.
+
+use std::time::Duration;
+
+/// Handshakes in progress above which unvalidated clients must first
+/// prove their address with a stateless retry.
+pub const RETRY_HANDSHAKES: usize = 64;
+
+/// How long an invocation may wait for an edge admission slot before it
+/// gets 503: short and bounded, never an unbounded queue.
+pub const ADMISSION_WAIT: Duration = Duration::from_millis(50);
+
+/// Header a client may use to shorten the function's deadline.
+pub const TIMEOUT_HEADER: &str = "fnroute-timeout-ms";
+
+/// What to do with a new connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Accept,
+    /// Stateless retry: the client must echo a token from its address.
+    Retry,
+    Refuse,
+}
+
+/// Decides on a connection attempt given the connections open (accepted,
+/// not yet closed), handshakes in progress and the configured maximum.
+/// Retry kicks in under load (many handshakes, or three quarters of the
+/// connection budget used) for clients whose address is not validated.
+pub fn admit_connection(
+    open: usize,
+    handshaking: usize,
+    max_connections: usize,
+    validated: bool,
+    may_retry: bool,
+) -> Admit {
+    if open >= max_connections {
+        return Admit::Refuse;
+    }
+    let loaded = handshaking >= RETRY_HANDSHAKES || open >= max_connections - max_connections / 4;
+    if loaded && !validated && may_retry {
+        Admit::Retry
+    } else {
+        Admit::Accept
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    Invoke(&'a str),
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// Maps method and path to a route: only `POST /fn/{name}` exists.
+pub fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
+    let Some(name) = path.strip_prefix("/fn/") else {
+        return Route::NotFound;
+    };
+    if name.is_empty() || name.contains('/') {
+        return Route::NotFound;
+    }
+    if method != http::Method::POST {
+        return Route::MethodNotAllowed;
+    }
+    Route::Invoke(name)
+}
+
+/// The deadline of one invocation: the function's timeout, shortened by
+/// the client's `fnroute-timeout-ms` if given. `Err` for a header that is
+/// not a positive whole number of milliseconds.
+pub fn invocation_timeout(function: Duration, header: Option<&[u8]>) -> Result<Duration, String> {
+    let Some(raw) = header else {
+        return Ok(function);
+    };
+    let ms = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .ok_or_else(|| {
+            format!(
+                "{TIMEOUT_HEADER} {:?} is not a positive number of milliseconds",
+                String::from_utf8_lossy(raw)
+            )
+        })?;
+    Ok(function.min(Duration::from_millis(ms)))
+}
+
+/// The content type of a result the function did not label: JSON when the
+/// body is a JSON object or array, else bytes.
+pub fn sniff_content_type(body: &[u8]) -> &'static str {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{') | Some(b'['))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// `server-timing` value: queue, run and total in milliseconds, and
+/// `cold` when a new worker started for this invocation.
+pub fn server_timing(queue: Duration, run: Duration, total: Duration, cold: bool) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut s = format!(
+        "queue;dur={:.3}, run;dur={:.3}, total;dur={:.3}",
+        ms(queue),
+        ms(run),
+        ms(total)
+    );
+    if cold {
+        s.push_str(", cold");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission() {
+        use Admit::*;
+        let check = |open, hs, max, validated, may_retry, want| {
+            assert_eq!(
+                admit_connection(open, hs, max, validated, may_retry),
+                want,
+                "open {open} handshaking {hs} max {max} validated {validated}"
+            );
+        };
+        check(0, 0, 100, false, true, Accept);
+        check(100, 0, 100, true, true, Refuse);
+        check(150, 0, 100, false, true, Refuse);
+        check(75, 0, 100, false, true, Retry);
+        check(75, 0, 100, true, true, Accept);
+        check(75, 0, 100, false, false, Accept);
+        check(1, RETRY_HANDSHAKES, 100, false, true, Retry);
+        check(0, 0, 1, false, true, Accept);
+        check(1, 0, 1, false, true, Refuse);
+        check(0, 0, 0, true, true, Refuse);
+    }
+
+    #[test]
+    fn routes() {
+        let post = http::Method::POST;
+        assert_eq!(route(&post, "/fn/resize"), Route::Invoke("resize"));
+        assert_eq!(
+            route(&http::Method::GET, "/fn/resize"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(&post, "/fn/"), Route::NotFound);
+        assert_eq!(route(&post, "/fn/a/b"), Route::NotFound);
+        assert_eq!(route(&post, "/"), Route::NotFound);
+        assert_eq!(route(&post, "/function/x"), Route::NotFound);
+    }
+
+    #[test]
+    fn timeouts() {
+        let f = Duration::from_secs(3);
+        assert_eq!(invocation_timeout(f, None), Ok(f));
+        assert_eq!(
+            invocation_timeout(f, Some(b"250")),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(invocation_timeout(f, Some(b"999999")), Ok(f));
+        assert!(invocation_timeout(f, Some(b"0")).is_err());
+        assert!(invocation_timeout(f, Some(b"-5")).is_err());
+        assert!(invocation_timeout(f, Some(b"\xff")).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(sniff_content_type(b" {\"a\":1}"), "application/json");
+        assert_eq!(sniff_content_type(b"[1,2]"), "application/json");
+        assert_eq!(sniff_content_type(b"{not json"), "application/octet-stream");
+        assert_eq!(sniff_content_type(b"42"), "application/octet-stream");
+        assert_eq!(sniff_content_type(b""), "application/octet-stream");
+    }
+
+    #[test]
+    fn timing_header() {
+        let t = server_timing(
+            Duration::from_micros(10),
+            Duration::from_millis(2),
+            Duration::from_millis(3),
+            true,
+        );
+        assert_eq!(t, "queue;dur=0.010, run;dur=2.000, total;dur=3.000, cold");
+    }
+}

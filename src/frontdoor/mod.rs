@@ -1,0 +1,105 @@
+//! The QUIC / HTTP/3 front door: the client API `POST /fn/{name}` on each
+//! edge's `quic_listen` (quinn + h3, rustls on ring, ALPN h3).
+//!
+//! `frontdoor` owns the QUIC endpoint, TLS material, connection and
+//! request limits, edge-level admission and the mapping of executor errors
+//! to RFC 9457 problem+json. It never imports `dns`; it hands invocations
+//! to `exec` and knows nothing of processes.
+//!
+//! Invariants: every invocation response carries `fnroute-edge`; no
+//! request body is buffered beyond `quic.max_payload_bytes`; in-flight
+//! invocations are bounded by the edge's `capacity` (semaphore, bounded
+//! wait, then 503); network input never panics.
+
+pub mod client;
+pub mod limits;
+pub mod problem;
+mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::node::EdgeContext;
+
+pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
+pub use tls::CertFiles;
+
+/// Response header naming the edge that handled the request.
+pub const EDGE_HEADER: &str = "fnroute-edge";
+/// Response header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
+
+/// Why the front door could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontdoorError {
+    /// Certificate or key missing, unreadable or invalid.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The UDP socket could not be created or bound.
+    #[error("binding quic listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A configured value quinn does not accept.
+    #[error("quic configuration: {0}")]
+    Config(String),
+}
+
+/// A bound, not yet serving, HTTP/3 front door of one edge.
+pub struct FrontDoor {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    cert: CertFiles,
+    shared: Arc<server::Shared>,
+}
+
+impl FrontDoor {
+    /// Binds the edge's `quic_listen` (see `bind_to`).
+    pub fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
+        let addr = cx
+            .topology
+            .edges
+            .get(cx.edge)
+            .map(|e| e.quic_listen)
+            .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
+        Self::bind_to(cx, addr)
+    }
+
+    /// Loads or generates the certificate, creates the UDP socket with the
+    /// configured buffer sizes and binds the QUIC endpoint on `addr`. Must
+    /// run inside a tokio runtime.
+    pub fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
+        let cert = tls::cert_files(&cx.topology)?;
+        let (endpoint, shared) = server::bind(cx, addr, &cert)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| FrontdoorError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            local_addr,
+            cert,
+            shared,
+        })
+    }
+
+    /// The bound address (the real port when `quic_listen` has port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate the endpoint presents.
+    pub fn cert(&self) -> &CertFiles {
+        &self.cert
+    }
+
+    /// Serves until `token` is cancelled, then sends GOAWAY on every
+    /// connection, lets in-flight requests finish (each is bounded by its
+    /// function's deadline) and closes the endpoint.
+    pub async fn serve(self, token: CancellationToken) {
+        server::serve(self.endpoint, self.shared, token).await
+    }
+}

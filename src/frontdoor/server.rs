@@ -1,0 +1,609 @@
+//! The endpoint loop, one task per connection, one task per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::server::{RequestResolver, RequestStream};
+use http::{header, HeaderValue, Response, StatusCode};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::limits::{self, Admit, Route};
+use super::problem::{Problem, ProblemKind};
+use super::tls::{self, CertFiles};
+use super::{FrontdoorError, EDGE_HEADER, REQUEST_ID_HEADER};
+use crate::config::QuicSettings;
+use crate::exec::Invocation;
+use crate::node::EdgeContext;
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// How long the endpoint may take to tell peers it closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Bounds on how long a draining connection lingers after its last response.
+const LINGER_MIN: Duration = Duration::from_millis(25);
+const LINGER_MAX: Duration = Duration::from_secs(1);
+
+/// State shared by every connection of one front door.
+pub(crate) struct Shared {
+    cx: EdgeContext,
+    edge_name: String,
+    settings: QuicSettings,
+    /// In-flight invocations on this edge (`edge.capacity` permits).
+    admission: Semaphore,
+    /// Connections accepted and not yet closed.
+    open: AtomicUsize,
+    /// Handshakes in progress.
+    handshaking: AtomicUsize,
+    /// Cancelled when the front door shuts down.
+    token: CancellationToken,
+}
+
+pub(crate) fn bind(
+    cx: EdgeContext,
+    addr: SocketAddr,
+    cert: &CertFiles,
+) -> Result<(quinn::Endpoint, Arc<Shared>), FrontdoorError> {
+    let settings = cx.topology.quic.clone();
+    let edge = cx
+        .topology
+        .edges
+        .get(cx.edge)
+        .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
+    let edge_name = edge.name.clone();
+    let capacity = edge.capacity as usize;
+
+    let tls = tls::server_config(cert, settings.enable_0rtt)?;
+    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(settings.max_streams_per_connection.into())
+        // h3 needs three (control, QPACK encoder and decoder); leave room for grease.
+        .max_concurrent_uni_streams(8u32.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(settings.idle_timeout)
+                .map_err(|e| FrontdoorError::Config(format!("quic.idle_timeout_ms: {e}")))?,
+        ));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    server.transport_config(Arc::new(transport));
+    server.max_incoming((settings.max_connections as usize).clamp(16, 1 << 16));
+
+    let socket = udp_socket(addr, settings.udp_buffer_bytes)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| FrontdoorError::Config("no async runtime for the quic endpoint".into()))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| FrontdoorError::Bind { addr, source })?;
+    let shared = Arc::new(Shared {
+        cx,
+        edge_name,
+        settings,
+        admission: Semaphore::new(capacity),
+        open: AtomicUsize::new(0),
+        handshaking: AtomicUsize::new(0),
+        token: CancellationToken::new(),
+    });
+    Ok((endpoint, shared))
+}
+
+/// A UDP socket with explicit receive and send buffers (the quinn default
+/// of the kernel's 208 KiB drops datagrams under load).
+fn udp_socket(addr: SocketAddr, buffer: u32) -> Result<std::net::UdpSocket, FrontdoorError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| FrontdoorError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer as usize) {
+        tracing::warn!(%addr, buffer, error = %e, "cannot set SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer as usize) {
+        tracing::warn!(%addr, buffer, error = %e, "cannot set SO_SNDBUF");
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    tracing::debug!(
+        %addr,
+        requested = buffer,
+        rcvbuf = socket.recv_buffer_size().unwrap_or(0),
+        sndbuf = socket.send_buffer_size().unwrap_or(0),
+        "quic socket buffers (the kernel caps them at net.core.[rw]mem_max)"
+    );
+    Ok(socket.into())
+}
+
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+) {
+    let addr = endpoint.local_addr().ok();
+    let span = tracing::info_span!("frontdoor", edge = %shared.edge_name, addr = ?addr);
+    async {
+        tracing::info!("http/3 front door listening");
+        let conns = TaskTracker::new();
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                i = endpoint.accept() => i,
+            };
+            let Some(incoming) = incoming else { break };
+            let admit = limits::admit_connection(
+                shared.open.load(Ordering::Relaxed),
+                shared.handshaking.load(Ordering::Relaxed),
+                shared.settings.max_connections as usize,
+                incoming.remote_address_validated(),
+                incoming.may_retry(),
+            );
+            match admit {
+                Admit::Refuse => {
+                    tracing::debug!(remote = %incoming.remote_address(), "connection refused: max_connections");
+                    incoming.refuse();
+                }
+                Admit::Retry => {
+                    tracing::trace!(remote = %incoming.remote_address(), "stateless retry");
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                }
+                Admit::Accept => {
+                    let guard = Counted::new(shared.clone(), Which::Open);
+                    conns.spawn(connection(shared.clone(), incoming, guard));
+                }
+            }
+        }
+        // Stop taking connections, then drain: every connection sends
+        // GOAWAY and waits for its in-flight requests.
+        tracing::info!(open = shared.open.load(Ordering::Relaxed), "front door draining");
+        endpoint.set_server_config(None);
+        shared.token.cancel();
+        conns.close();
+        conns.wait().await;
+        endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
+        tracing::info!("front door closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decrements a counter of `Shared` when dropped.
+struct Counted {
+    shared: Arc<Shared>,
+    which: Which,
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Open,
+    Handshaking,
+}
+
+impl Counted {
+    fn new(shared: Arc<Shared>, which: Which) -> Self {
+        shared.counter(which).fetch_add(1, Ordering::Relaxed);
+        Self { shared, which }
+    }
+}
+
+impl Shared {
+    fn counter(&self, which: Which) -> &AtomicUsize {
+        match which {
+            Which::Open => &self.open,
+            Which::Handshaking => &self.handshaking,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared
+            .counter(self.which)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Counted) {
+    let remote = incoming.remote_address();
+    let span = tracing::debug_span!("conn", %remote);
+    async move {
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed");
+                return;
+            }
+        };
+        let handshake = Counted::new(shared.clone(), Which::Handshaking);
+        // `confirmed` is None when the connection is only used after the
+        // handshake; with 0-RTT it turns true once the handshake completes.
+        let (conn, confirmed) = if shared.settings.enable_0rtt {
+            match connecting.into_0rtt() {
+                Ok((conn, done)) => {
+                    let flag = Arc::new(AtomicBool::new(false));
+                    let f = flag.clone();
+                    tokio::spawn(async move {
+                        let _ = done.await;
+                        f.store(true, Ordering::Release);
+                        drop(handshake);
+                    });
+                    (conn, Some(flag))
+                }
+                Err(connecting) => match connecting.await {
+                    Ok(c) => (c, None),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "handshake failed");
+                        return;
+                    }
+                },
+            }
+        } else {
+            let c = connecting.await;
+            drop(handshake);
+            match c {
+                Ok(c) => (c, None),
+                Err(e) => {
+                    tracing::debug!(error = %e, "handshake failed");
+                    return;
+                }
+            }
+        };
+        let mut h3c: H3Conn = match h3::server::builder()
+            .max_field_section_size(u64::from(shared.settings.max_header_bytes))
+            .build(h3_quinn::Connection::new(conn.clone()))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "h3 setup failed");
+                return;
+            }
+        };
+        let requests = TaskTracker::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shared.token.cancelled() => {
+                    // GOAWAY: requests already accepted still complete.
+                    if let Err(e) = h3c.shutdown(0).await {
+                        tracing::debug!(error = %e, "goaway failed");
+                    }
+                    break;
+                }
+                r = h3c.accept() => r,
+            };
+            match next {
+                Ok(Some(resolver)) => {
+                    // 0-RTT soundness: a replayed ClientHello with its early
+                    // data can never complete the handshake (the attacker
+                    // lacks the resumption secret for the client Finished).
+                    // So a request accepted after this connection's handshake
+                    // completed is not a replay; one accepted before may be,
+                    // and only idempotent functions may run from it (others
+                    // get 425 and the client retries after the handshake).
+                    let early = confirmed
+                        .as_ref()
+                        .is_some_and(|c| !c.load(Ordering::Acquire));
+                    requests.spawn(request(shared.clone(), resolver, early));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended");
+                    break;
+                }
+            }
+        }
+        requests.close();
+        requests.wait().await;
+        if shared.token.is_cancelled() {
+            // Closing discards stream data not yet acknowledged, and quinn
+            // does not say when a finished stream is acknowledged: give the
+            // last responses a few round trips (or until the client closes).
+            let linger = (conn.rtt() * 4).clamp(LINGER_MIN, LINGER_MAX);
+            let _ = tokio::time::timeout(linger, conn.closed()).await;
+        }
+        // Dropping the h3 connection closes it with H3_NO_ERROR.
+        drop(h3c);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Handles one request stream; never panics on its input.
+async fn request(
+    shared: Arc<Shared>,
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    early: bool,
+) {
+    let started = Instant::now();
+    let read_deadline = started + shared.settings.body_read_timeout;
+    let (req, mut stream) =
+        match tokio::time::timeout_at(read_deadline, resolver.resolve_request()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "bad request headers");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("request headers not received in time");
+                return;
+            }
+        };
+    let id = request_id();
+    let name = match limits::route(req.method(), req.uri().path()) {
+        Route::Invoke(n) => n.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    let span = tracing::debug_span!("invoke", r#fn = %name, req = %id, edge = %shared.edge_name);
+    async {
+        let result = handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline).await;
+        let sent = match result {
+            Ok(resp) => send(&mut stream, resp.0, resp.1).await,
+            Err(problem) => {
+                tracing::debug!(status = problem.status().as_u16(), detail = %problem.detail, "problem");
+                let (head, body) = problem_response(&shared.edge_name, &id, &problem);
+                send(&mut stream, head, body).await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "response not delivered");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type Reply = (Response<()>, Bytes);
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    shared: &Shared,
+    req: &http::Request<()>,
+    stream: &mut Stream,
+    name: &str,
+    id: &str,
+    early: bool,
+    started: Instant,
+    read_deadline: Instant,
+) -> Result<Reply, Problem> {
+    let edge = &shared.edge_name;
+    match limits::route(req.method(), req.uri().path()) {
+        Route::Invoke(_) => {}
+        Route::MethodNotAllowed => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return Err(Problem::new(
+                ProblemKind::MethodNotAllowed,
+                format!("method {} is not allowed; use POST", req.method()),
+            ));
+        }
+        Route::NotFound => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                format!(
+                    "no resource at {:?}; invoke functions with POST /fn/{{name}}",
+                    req.uri().path()
+                ),
+            ));
+        }
+    }
+    let Some(function) = shared.cx.exec.function(name) else {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        let detail = if shared.cx.topology.function(name).is_some() {
+            format!("function {name:?} is not hosted on edge {edge:?}")
+        } else {
+            format!("unknown function {name:?}")
+        };
+        return Err(Problem::new(ProblemKind::UnknownFunction, detail).function(name));
+    };
+    if early && !function.idempotent {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        return Err(Problem::new(
+            ProblemKind::TooEarly,
+            format!("function {name:?} is not idempotent; retry after the handshake"),
+        )
+        .function(name));
+    }
+    let timeout = limits::invocation_timeout(
+        function.timeout,
+        req.headers()
+            .get(limits::TIMEOUT_HEADER)
+            .map(|v| v.as_bytes()),
+    )
+    .map_err(|d| Problem::new(ProblemKind::BadRequest, d).function(name))?;
+    let max = shared.settings.max_payload_bytes;
+    let too_large = |n: u64| {
+        Problem::new(
+            ProblemKind::PayloadTooLarge,
+            format!("payload of {n} bytes is over the limit of {max} bytes"),
+        )
+        .function(name)
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Problem::new(ProblemKind::BadRequest, "bad content-length").function(name)
+            })?;
+        if len > max {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return Err(too_large(len));
+        }
+    }
+    let payload = read_body(stream, max, read_deadline)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(n) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                too_large(n)
+            }
+            BodyError::Timeout => Problem::new(
+                ProblemKind::BodyTimeout,
+                format!(
+                    "request body not received within {} ms",
+                    shared.settings.body_read_timeout.as_millis()
+                ),
+            )
+            .function(name),
+            BodyError::Stream(e) => {
+                Problem::new(ProblemKind::BadRequest, format!("reading body: {e}")).function(name)
+            }
+        })?;
+
+    // Edge admission: a slot among `capacity`, after a short bounded wait.
+    if shared.token.is_cancelled() {
+        return Err(Problem::new(
+            ProblemKind::ShuttingDown,
+            format!("edge {edge:?} is shutting down"),
+        )
+        .function(name)
+        .retry_after(Duration::from_secs(1)));
+    }
+    let admitted = Instant::now();
+    let _permit =
+        match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(Problem::new(
+                    ProblemKind::EdgeSaturated,
+                    format!("edge {edge:?} is at its capacity of in-flight invocations"),
+                )
+                .function(name)
+                .retry_after(Duration::from_secs(1)))
+            }
+        };
+    let admission_wait = admitted.elapsed();
+    let deadline = Instant::now() + timeout;
+    let inv = Invocation {
+        function: function.name.clone(),
+        payload,
+        deadline,
+        request_id: id.to_string(),
+        trace: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    // The executor enforces the deadline; the slack only guards against
+    // an executor that does not.
+    let out = match tokio::time::timeout_at(
+        deadline + Duration::from_millis(500),
+        shared.cx.exec.invoke(inv),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(crate::exec::ExecError::Timeout(timeout)),
+    }
+    .map_err(|e| Problem::from_exec(name, &e))?;
+    let content_type = out
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(limits::sniff_content_type(&out.body)));
+    let timing = limits::server_timing(
+        admission_wait + out.timing.queued,
+        out.timing.run,
+        started.elapsed(),
+        out.timing.cold_start,
+    );
+    tracing::debug!(bytes = out.body.len(), %timing, "invoked");
+    let head = base_response(StatusCode::OK, edge, id)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, out.body.len())
+        .header("server-timing", timing)
+        .body(())
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    Ok((head, out.body))
+}
+
+enum BodyError {
+    TooLarge(u64),
+    Timeout,
+    Stream(h3::error::StreamError),
+}
+
+/// Reads the request body, never holding more than `max` bytes.
+async fn read_body(stream: &mut Stream, max: u64, deadline: Instant) -> Result<Bytes, BodyError> {
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.recv_data()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(Err(e)) => return Err(BodyError::Stream(e)),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(c))) => c,
+        };
+        let n = body.len() as u64 + chunk.remaining() as u64;
+        if n > max {
+            return Err(BodyError::TooLarge(n));
+        }
+        let mut chunk = chunk;
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            let len = c.len();
+            body.extend_from_slice(c);
+            chunk.advance(len);
+        }
+    }
+}
+
+fn base_response(status: StatusCode, edge: &str, id: &str) -> http::response::Builder {
+    let mut b = Response::builder().status(status);
+    if let Ok(v) = HeaderValue::from_str(edge) {
+        b = b.header(EDGE_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        b = b.header(REQUEST_ID_HEADER, v);
+    }
+    b
+}
+
+fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
+    let body = Bytes::from(p.to_json(edge));
+    let mut b = base_response(p.status(), edge, id)
+        .header(header::CONTENT_TYPE, "application/problem+json")
+        .header(header::CONTENT_LENGTH, body.len());
+    if let Some(s) = p.retry_after_secs() {
+        b = b.header(header::RETRY_AFTER, s);
+    }
+    if p.kind == ProblemKind::MethodNotAllowed {
+        b = b.header(header::ALLOW, "POST");
+    }
+    let head = b.body(()).unwrap_or_else(|_| {
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    });
+    (head, body)
+}
+
+async fn send(
+    stream: &mut Stream,
+    head: Response<()>,
+    body: Bytes,
+) -> Result<(), h3::error::StreamError> {
+    stream.send_response(head).await?;
+    if !body.is_empty() {
+        stream.send_data(body).await?;
+    }
+    stream.finish().await
+}
+
+/// 16 hex digits, unique enough to find one request in the logs.
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

@@ -1,0 +1,147 @@
+//! TLS for the front door: the topology's PEM certificate and key, or a
+//! self-signed development certificate generated once into the state
+//! directory and reused on later starts.
+//!
+//! rustls always runs on the `ring` provider (never aws-lc-rs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::FrontdoorError;
+use crate::config::Topology;
+
+/// File name of the generated development certificate in `state_dir`.
+pub const DEV_CERT: &str = "dev-cert.pem";
+/// File name of the generated development key in `state_dir`.
+pub const DEV_KEY: &str = "dev-key.pem";
+
+/// Where the certificate and key of a topology live: the configured files,
+/// or the development pair in the state directory (generated if missing).
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when this is the generated development certificate.
+    pub dev: bool,
+}
+
+/// The certificate files for `topology`, generating the development pair
+/// when no `[tls]` is configured and none exists yet.
+pub fn cert_files(topology: &Topology) -> Result<CertFiles, FrontdoorError> {
+    if let Some(tls) = &topology.tls {
+        return Ok(CertFiles {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            dev: false,
+        });
+    }
+    let cert = topology.state_dir.join(DEV_CERT);
+    let key = topology.state_dir.join(DEV_KEY);
+    if cert.is_file() && key.is_file() {
+        tracing::info!(cert = %cert.display(), "reusing development certificate");
+    } else {
+        generate_dev_cert(topology, &cert, &key)?;
+        tracing::info!(cert = %cert.display(), "generated development certificate (trust it with `fnroute invoke --ca`)");
+    }
+    Ok(CertFiles {
+        cert,
+        key,
+        dev: true,
+    })
+}
+
+/// Subject alternative names of the development certificate: loopback
+/// names, every edge's addresses and listen IPs, `*.<zone>` and each
+/// function's `<name>.<zone>`.
+pub fn dev_cert_names(topology: &Topology) -> Vec<String> {
+    let zone = topology.zone.trim_end_matches('.');
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if !zone.is_empty() {
+        names.push(zone.to_string());
+        names.push(format!("*.{zone}"));
+        for f in &topology.functions {
+            names.push(format!("{}.{zone}", f.name));
+        }
+    }
+    for e in &topology.edges {
+        names.extend(e.addresses.iter().map(|a| a.to_string()));
+        for ip in [e.quic_listen.ip(), e.dns_listen.ip()] {
+            if !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// The rustls server configuration (TLS 1.3, ALPN h3; early data allowed
+/// at the TLS level when `enable_0rtt`, gated per function above it).
+pub(crate) fn server_config(
+    files: &CertFiles,
+    enable_0rtt: bool,
+) -> Result<rustls::ServerConfig, FrontdoorError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| FrontdoorError::Tls(format!("reading {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(FrontdoorError::Tls(format!(
+            "no certificate in {}",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| FrontdoorError::Tls(format!("reading {}: {e}", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| FrontdoorError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.cert.display())))?;
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    // QUIC allows only 0 or u32::MAX here.
+    tls.max_early_data_size = if enable_0rtt { u32::MAX } else { 0 };
+    Ok(tls)
+}
+
+fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(), FrontdoorError> {
+    let err =
+        |e: &dyn std::fmt::Display| FrontdoorError::Tls(format!("development certificate: {e}"));
+    std::fs::create_dir_all(&topology.state_dir).map_err(|e| {
+        FrontdoorError::Tls(format!(
+            "creating state directory {}: {e}",
+            topology.state_dir.display()
+        ))
+    })?;
+    let mut params =
+        rcgen::CertificateParams::new(dev_cert_names(topology)).map_err(|e| err(&e))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fnroute development certificate");
+    let pair = rcgen::KeyPair::generate().map_err(|e| err(&e))?;
+    let c = params.self_signed(&pair).map_err(|e| err(&e))?;
+    write_private(key, pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, c.pem())
+        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", cert.display())))?;
+    Ok(())
+}
+
+/// Writes the key readable by its owner only.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), FrontdoorError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", path.display())))?;
+    f.write_all(data)
+        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", path.display())))
+}
