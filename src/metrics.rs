@@ -194,6 +194,24 @@ pub fn dns_query(edge: &str, qtype: &'static str, rcode: &'static str) {
         .increment(1);
 }
 
+/// Sets the DNS query counter to `n` (the DNS front door keeps its own
+/// atomics on the query path and exports them at scrape time).
+pub fn dns_queries_total(edge: &str, qtype: &'static str, rcode: &'static str, n: u64) {
+    ::metrics::counter!(DNS_QUERIES, "edge" => name(edge), "qtype" => qtype, "rcode" => rcode)
+        .absolute(n);
+}
+
+/// Sets the answers-by-edge counter to `n` (see `dns_queries_total`).
+pub fn dns_answers_total(edge: &str, function: &str, answered: &str, n: u64) {
+    ::metrics::counter!(DNS_ANSWERS, "edge" => name(edge), "function" => name(function), "answer_edge" => name(answered))
+        .absolute(n);
+}
+
+/// Sets the fallback counter of `edge` to `n` (all functions together).
+pub fn dns_fallback_total(edge: &str, n: u64) {
+    ::metrics::counter!(DNS_FALLBACK, "edge" => name(edge), "function" => "all").absolute(n);
+}
+
 /// `edge` answered a query for `function` with `answered`, the edge whose
 /// addresses it handed out (first = best when several are listed).
 pub fn dns_answer(edge: &str, function: &str, answered: &str) {
@@ -239,6 +257,16 @@ pub fn meter(edge: &str, function: &str, duration: Duration, memory_mb: u32) -> 
     billed
 }
 
+/// Sets the metering counters of one function on `edge` from the
+/// executors' running totals (exported at scrape time).
+pub fn meter_totals(edge: &str, function: &str, invocations: u64, billed_ms: u64, mb_ms: u128) {
+    let (e, f) = (name(edge), name(function));
+    ::metrics::counter!(METERING_INVOCATIONS, "edge" => e, "function" => f).absolute(invocations);
+    ::metrics::counter!(METERING_BILLED_MS, "edge" => e, "function" => f).absolute(billed_ms);
+    ::metrics::counter!(METERING_MB_MS, "edge" => e, "function" => f)
+        .absolute(u64::try_from(mb_ms).unwrap_or(u64::MAX));
+}
+
 // ---- cache -----------------------------------------------------------------
 
 pub fn cache_request(edge: &str, function: &str, result: CacheResult) {
@@ -269,6 +297,12 @@ pub fn pool_size(edge: &str, function: &str, workers: u32, busy: u32, queued: u3
 pub fn pool_event(edge: &str, function: &str, event: PoolEvent) {
     ::metrics::counter!(POOL_EVENTS, "edge" => name(edge), "function" => name(function), "event" => event.as_str())
         .increment(1);
+}
+
+/// Sets a pool event counter to `n` (from the executors' own totals).
+pub fn pool_events_total(edge: &str, function: &str, event: PoolEvent, n: u64) {
+    ::metrics::counter!(POOL_EVENTS, "edge" => name(edge), "function" => name(function), "event" => event.as_str())
+        .absolute(n);
 }
 
 /// How long an invocation waited for a free worker.

@@ -31,6 +31,8 @@ pub struct EdgeContext {
     pub view: Arc<LiveView>,
     /// This edge's executor pools (worker processes).
     pub exec: Arc<Executors>,
+    /// Counters of this edge's DNS front door (exported at scrape time).
+    pub dns_stats: Arc<crate::dns::DnsStats>,
 }
 
 impl EdgeContext {
@@ -42,6 +44,10 @@ impl EdgeContext {
             view: Arc::new(LiveView::new(topology.clone())),
             exec: Executors::start(topology.clone(), edge)
                 .with_context(|| format!("starting executors of edge {edge}"))?,
+            dns_stats: Arc::new(crate::dns::DnsStats::new(
+                topology.functions.len(),
+                topology.edges.len(),
+            )),
             topology,
             geo,
         })
@@ -65,6 +71,8 @@ pub struct Fleet {
     pub admin: Vec<SocketAddr>,
     /// Bound HTTP/3 front door address of each edge, in `edges` order.
     pub quic_addrs: Vec<SocketAddr>,
+    /// Bound DNS address (UDP and TCP) of each edge, in `edges` order.
+    pub dns_addrs: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
     /// The admin listeners stop last, so `/healthz` says "draining" while
@@ -93,6 +101,7 @@ impl Fleet {
         let mut admin = Vec::new();
         let mut contexts = Vec::new();
         let mut quic_addrs = Vec::new();
+        let mut dns_addrs = Vec::new();
         for &edge in edges {
             let cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
             let info = topology
@@ -134,6 +143,7 @@ impl Fleet {
             let dns = crate::dns::bind(&cx)
                 .await
                 .with_context(|| format!("starting the DNS front door of edge {}", info.name))?;
+            dns_addrs.push(dns.local_addr());
             tasks.spawn(dns.serve(token.child_token()));
             let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone()).with_context(|| {
                 format!(
@@ -151,6 +161,7 @@ impl Fleet {
             edges: contexts,
             admin,
             quic_addrs,
+            dns_addrs,
             token,
             tasks,
             admin_token,

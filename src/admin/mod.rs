@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::EdgeId;
 use crate::node::EdgeContext;
 pub use status::{PoolStats, PoolStatus, Status};
 
@@ -137,10 +138,12 @@ impl AdminServer {
         Ok(Self {
             listener,
             state: Arc::new(State {
+                // Live pool numbers come from the edge's executors unless a
+                // caller (a test) supplies its own source.
+                pools: pools.or_else(|| Some(cx.exec.clone() as Arc<dyn PoolStats>)),
                 cx,
                 started: Instant::now(),
                 token,
-                pools,
             }),
             limits,
         })
@@ -319,6 +322,41 @@ async fn handle(
     .await
 }
 
+/// Pool gauges, pool events and metering totals of one edge's executors.
+fn export_executors(edge: &str, exec: &crate::exec::Executors) {
+    use crate::metrics::PoolEvent;
+    for f in exec.stats() {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        crate::metrics::pool_size(edge, &f.function, n(f.workers), n(f.busy), n(f.queued));
+        for (event, n) in [
+            (PoolEvent::ColdStart, f.cold_starts),
+            (PoolEvent::Crash, f.crashes),
+            (PoolEvent::Kill, f.kills),
+        ] {
+            if n > 0 {
+                crate::metrics::pool_events_total(edge, &f.function, event, n);
+            }
+        }
+    }
+    for m in exec.metering().into_iter().filter(|m| m.invocations > 0) {
+        crate::metrics::meter_totals(edge, &m.function, m.invocations, m.billed_ms, m.mb_ms);
+    }
+}
+
+impl PoolStats for crate::exec::Executors {
+    fn pool(&self, _edge: EdgeId, function: &str) -> Option<PoolStatus> {
+        let n = |v: usize| Some(u32::try_from(v).unwrap_or(u32::MAX));
+        self.stats()
+            .into_iter()
+            .find(|f| f.function == function)
+            .map(|f| PoolStatus {
+                workers: n(f.workers),
+                busy: n(f.busy),
+                queued: n(f.queued),
+            })
+    }
+}
+
 fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     let Some(handle) = crate::metrics::handle() else {
         return problem(
@@ -336,6 +374,9 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     }
     let draining = view.edges.get(state.cx.edge).is_some_and(|s| s.draining);
     crate::metrics::edge_state(me, view.generation, draining);
+    // Counters the request paths keep as plain atomics are copied in now.
+    state.cx.dns_stats.export(me, &state.cx.topology);
+    export_executors(me, &state.cx.exec);
     response(
         StatusCode::OK,
         crate::metrics::CONTENT_TYPE,

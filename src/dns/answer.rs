@@ -30,6 +30,7 @@ pub(crate) fn respond(
         Err(wire::ParseError::Ignore) => return false,
         Err(wire::ParseError::Malformed { question }) => {
             formerr(packet, question, out);
+            state.stats.count_query(0, wire::RCODE_FORMERR);
             return true;
         }
     };
@@ -41,6 +42,7 @@ pub(crate) fn respond(
     };
     let mut r = Response::start(&q, out);
     build(state, cache, &q, src, &mut r);
+    state.stats.count_query(q.qtype, r.rcode);
     r.finish(max);
     true
 }
@@ -228,6 +230,9 @@ fn function(
     };
     if d.choice.fallback {
         state.stats.count_fallback();
+    }
+    if let Some(best) = d.choice.edges().next() {
+        state.stats.count_answer(f, best);
     }
     if let Some((_, scope)) = r.ecs.as_mut() {
         *scope = d.scope;

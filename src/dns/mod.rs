@@ -60,19 +60,100 @@ pub enum Transport {
     Tcp,
 }
 
-/// Counters of one edge's DNS front door.
-#[derive(Debug, Default)]
+/// Query types counted separately; everything else is "other".
+const QTYPES: [(u16, &str); 6] = [
+    (wire::TYPE_A, "A"),
+    (wire::TYPE_AAAA, "AAAA"),
+    (wire::TYPE_HTTPS, "HTTPS"),
+    (wire::TYPE_TXT, "TXT"),
+    (wire::TYPE_SOA, "SOA"),
+    (wire::TYPE_NS, "NS"),
+];
+/// Response codes counted separately; everything else is "other".
+const RCODES: [(u16, &str); 6] = [
+    (wire::RCODE_NOERROR, "NOERROR"),
+    (wire::RCODE_FORMERR, "FORMERR"),
+    (wire::RCODE_NXDOMAIN, "NXDOMAIN"),
+    (wire::RCODE_NOTIMP, "NOTIMP"),
+    (wire::RCODE_REFUSED, "REFUSED"),
+    (wire::RCODE_BADVERS, "BADVERS"),
+];
+const OTHER: usize = 6;
+
+/// Counters of one edge's DNS front door. The query path only bumps
+/// relaxed atomics; `export` copies them into the metrics recorder when
+/// the admin listener is scraped, so metrics cost nothing per query.
+#[derive(Debug)]
 pub struct DnsStats {
     fallback: AtomicU64,
+    /// `[qtype][rcode]`, with index `OTHER` for the rest.
+    queries: [[AtomicU64; OTHER + 1]; OTHER + 1],
+    /// `[function * edges + edge]`: answers whose best edge was `edge`.
+    answers: Vec<AtomicU64>,
+    edges: usize,
 }
 
 impl DnsStats {
+    /// Counters for a topology with `functions` functions and `edges` edges.
+    pub fn new(functions: usize, edges: usize) -> Self {
+        Self {
+            fallback: AtomicU64::new(0),
+            queries: Default::default(),
+            answers: (0..functions * edges).map(|_| AtomicU64::new(0)).collect(),
+            edges,
+        }
+    }
+
     /// Answers served although every candidate was unhealthy or draining.
     pub fn fallback(&self) -> u64 {
         self.fallback.load(Ordering::Relaxed)
     }
+
+    /// Queries answered with this type and response code.
+    pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
+        let t = QTYPES.iter().position(|q| q.1 == qtype).unwrap_or(OTHER);
+        let r = RCODES.iter().position(|c| c.1 == rcode).unwrap_or(OTHER);
+        self.queries[t][r].load(Ordering::Relaxed)
+    }
+
     fn count_fallback(&self) {
         self.fallback.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_query(&self, qtype: u16, rcode: u16) {
+        let t = QTYPES.iter().position(|q| q.0 == qtype).unwrap_or(OTHER);
+        let r = RCODES.iter().position(|c| c.0 == rcode).unwrap_or(OTHER);
+        self.queries[t][r].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_answer(&self, function: usize, edge: EdgeId) {
+        if let Some(c) = self.answers.get(function * self.edges + edge) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Copies the counters into the metrics recorder as edge `edge`.
+    pub fn export(&self, edge: &str, topology: &Topology) {
+        for (t, row) in self.queries.iter().enumerate() {
+            for (r, n) in row.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+                    let rcode = RCODES.get(r).map_or("other", |c| c.1);
+                    crate::metrics::dns_queries_total(edge, qtype, rcode, n);
+                }
+            }
+        }
+        for (i, n) in self.answers.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            let (f, e) = (i / self.edges.max(1), i % self.edges.max(1));
+            if let (true, Some(f), Some(e)) =
+                (n > 0, topology.functions.get(f), topology.edges.get(e))
+            {
+                crate::metrics::dns_answers_total(edge, &f.name, &e.name, n);
+            }
+        }
+        crate::metrics::dns_fallback_total(edge, self.fallback());
     }
 }
 
@@ -96,19 +177,21 @@ pub struct DnsState {
     v4: Vec<Vec<Ipv4Addr>>,
     v6: Vec<Vec<Ipv6Addr>>,
     rate_limit: Option<RateLimiter>,
-    pub stats: DnsStats,
+    pub stats: Arc<DnsStats>,
     epoch: tokio::time::Instant,
 }
 
 impl DnsState {
     /// The state of `cx`'s edge.
     pub fn for_edge(cx: &EdgeContext) -> Self {
-        Self::new(
+        let mut s = Self::new(
             cx.edge,
             cx.topology.clone(),
             cx.geo.clone(),
             cx.view.clone(),
-        )
+        );
+        s.stats = cx.dns_stats.clone();
+        s
     }
 
     /// The state of `edge` of `topology`, reading `view` and `geo`.
@@ -162,6 +245,7 @@ impl DnsState {
                     .collect()
             })
             .collect();
+        let stats = Arc::new(DnsStats::new(t.functions.len(), t.edges.len()));
         Self {
             edge,
             zone_labels: t.zone.trim_end_matches('.').split('.').count(),
@@ -175,7 +259,7 @@ impl DnsState {
             ns_labels,
             v4,
             v6,
-            stats: DnsStats::default(),
+            stats,
             epoch: tokio::time::Instant::now(),
         }
     }

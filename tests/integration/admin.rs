@@ -131,11 +131,12 @@ async fn status_describes_every_edge_and_function() {
         let hello = s.functions.iter().find(|f| f.name == "hello").unwrap();
         assert_eq!(hello.edges, ["sin"]);
         assert_eq!(hello.concurrency_max, 4);
-        // A pool entry only where this edge hosts the function, with null
-        // live numbers until the executors report them.
+        // A pool entry only where this edge hosts the function, with the
+        // executors' live numbers (scale to zero: no worker before the
+        // first invocation).
         if me == "sin" {
             let p = hello.pools.get("sin").expect("sin hosts hello");
-            assert_eq!((p.workers, p.busy, p.queued), (None, None, None));
+            assert_eq!((p.workers, p.busy, p.queued), (Some(0), Some(0), Some(0)));
         } else {
             assert!(hello.pools.is_empty(), "{:?}", hello.pools);
         }
@@ -314,6 +315,92 @@ async fn metrics_scrape_parses_with_edge_labels() {
     assert!(
         matches!(find(m::BUILD_INFO, &[("edge", "fra"), ("version", env!("CARGO_PKG_VERSION"))]), Value::Gauge(v) if v == 1.0)
     );
+    fleet.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Real traffic, not direct calls: a DNS query and an invocation on `fra`
+/// show up in its scrape (the DNS front door and the executors keep their
+/// own counters and export them when scraped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_real_dns_queries_and_invocations() {
+    use fnroute::metrics as m;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use prometheus_parse::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start(&three_edges(dir.path(), "")).await;
+
+    let mut msg = Message::query();
+    msg.add_query(Query::query(
+        Name::from_ascii("echo.fn.test.").unwrap(),
+        RecordType::A,
+    ));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..3 {
+        sock.send_to(&msg.to_vec().unwrap(), fleet.dns_addrs[0])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .expect("a DNS answer")
+            .unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.answers.len(), 1);
+    }
+    let inv = fnroute::exec::Invocation {
+        function: "upper".into(),
+        payload: bytes::Bytes::from_static(b"metered"),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+        request_id: "metrics-test".into(),
+        trace: None,
+    };
+    let out = fleet.edges[0]
+        .exec
+        .invoke(inv)
+        .await
+        .expect("upper runs on fra");
+    assert_eq!(&out.body[..], b"METERED");
+
+    let text = get(fleet.admin[0], "/metrics").await.text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |metric: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"))
+    };
+    // Other tests in this process also run edges named fra: at least ours.
+    assert!(
+        value(
+            m::DNS_QUERIES,
+            &[("edge", "fra"), ("qtype", "A"), ("rcode", "NOERROR")]
+        ) >= 3.0
+    );
+    // 127.0.0.1 is unknown to the database: the default location, Frankfurt.
+    assert!(
+        value(
+            m::DNS_ANSWERS,
+            &[
+                ("edge", "fra"),
+                ("function", "echo"),
+                ("answer_edge", "fra")
+            ]
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            m::METERING_INVOCATIONS,
+            &[("edge", "fra"), ("function", "upper")]
+        ) >= 1.0
+    );
+    assert!(value(m::METERING_MB_MS, &[("edge", "fra"), ("function", "upper")]) >= 64.0);
+    let _ = value(m::POOL_WORKERS, &[("edge", "fra"), ("function", "upper")]);
     fleet.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -530,7 +617,7 @@ async fn fnroute_status_prints_the_fleet() {
         "{sin}"
     );
     assert!(row("fra ").contains("echo, upper"));
-    assert!(row("hello ").contains("-/-/-  0..4"), "{stdout}");
+    assert!(row("hello ").contains("0/0/0  0..4"), "{stdout}");
     assert!(row("upper ").contains("not hosted here"), "{stdout}");
     fleet.shutdown(Duration::from_secs(2)).await;
 
