@@ -100,10 +100,11 @@ impl CommandPool {
         if !matches!(result, Err(ExecError::Internal(_))) {
             self.meter.record(&self.f, run, result.is_ok());
         }
-        let body = result?;
+        let (body, cache_control) = result?;
         Ok(Output {
             body,
             content_type: None,
+            cache_control,
             timing: Timing {
                 queued: started.saturating_duration_since(now),
                 run,
@@ -129,7 +130,7 @@ impl CommandPool {
         payload: Bytes,
         deadline: Instant,
         started: Instant,
-    ) -> Result<Bytes, ExecError> {
+    ) -> Result<(Bytes, Option<String>), ExecError> {
         let env = [
             ("FNROUTE_FUNCTION", self.f.name.clone()),
             ("FNROUTE_REQUEST_ID", request_id.to_string()),
@@ -196,7 +197,7 @@ impl CommandPool {
                 message: format!("{status}: {}", tail.text()),
             });
         }
-        Ok(Bytes::from(out))
+        Ok((Bytes::from(out), tail.cache_control().map(str::to_string)))
     }
 
     fn saturated(&self) -> ExecError {

@@ -158,6 +158,7 @@ impl LambdaPool {
         Ok(Output {
             body: reply.body,
             content_type: reply.content_type,
+            cache_control: None,
             timing: Timing {
                 queued: outcome.queued,
                 run: outcome.run,

@@ -68,6 +68,11 @@ pub struct Output {
     pub body: Bytes,
     /// Content type the function set, if any.
     pub content_type: Option<String>,
+    /// A `cache-control`-style value for this one result, when the function
+    /// gave one out of band (a `command` function's stderr line
+    /// `fnroute-cache-control: …`; see docs/cache.md). `lambda` results carry
+    /// theirs in the result itself.
+    pub cache_control: Option<String>,
     pub timing: Timing,
 }
 

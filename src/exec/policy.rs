@@ -135,17 +135,38 @@ pub(crate) fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
 pub(crate) struct Tail {
     buf: std::collections::VecDeque<u8>,
     cap: usize,
+    /// The value of the last `fnroute-cache-control:` line seen.
+    cache_control: Option<String>,
 }
+
+/// The stderr line prefix by which a `command` function sets the caching of
+/// its result (docs/cache.md).
+pub(crate) const CACHE_CONTROL_LINE: &str = "fnroute-cache-control:";
 
 impl Tail {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
             buf: std::collections::VecDeque::with_capacity(cap.min(4096)),
             cap,
+            cache_control: None,
         }
     }
 
+    /// The value of the last `fnroute-cache-control:` line pushed.
+    pub(crate) fn cache_control(&self) -> Option<&str> {
+        self.cache_control.as_deref()
+    }
+
+    /// Adds one line (or chunk) of output.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if let Ok(line) = std::str::from_utf8(bytes) {
+            let line = line.trim();
+            if let Some(head) = line.get(..CACHE_CONTROL_LINE.len()) {
+                if head.eq_ignore_ascii_case(CACHE_CONTROL_LINE) {
+                    self.cache_control = Some(line[CACHE_CONTROL_LINE.len()..].trim().to_string());
+                }
+            }
+        }
         let skip = bytes.len().saturating_sub(self.cap);
         for &b in &bytes[skip..] {
             if self.buf.len() == self.cap {
@@ -168,6 +189,17 @@ impl Tail {
 mod tests {
     use super::*;
     use http::Method;
+
+    #[test]
+    fn tail_keeps_the_last_cache_control_line() {
+        let mut t = Tail::new(16);
+        t.push(b"starting\n");
+        assert_eq!(t.cache_control(), None);
+        t.push(b"FNROUTE-Cache-Control: max-age=5\n");
+        t.push(b"fnroute-cache-control:  no-store \n");
+        t.push(b"done\n");
+        assert_eq!(t.cache_control(), Some("no-store"));
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
