@@ -90,12 +90,8 @@ impl Fleet {
                 functions = ?hosted,
                 "edge started"
             );
-            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone()).with_context(|| {
-                format!(
-                    "edge {}: http/3 front door on {}",
-                    info.name, info.quic_listen
-                )
-            })?;
+            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone())
+                .with_context(|| format!("edge {}: http/3 front door", info.name))?;
             quic_addrs.push(frontdoor.local_addr());
             tasks.spawn(frontdoor.serve(token.child_token()));
             contexts.push(cx);
