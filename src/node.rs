@@ -145,12 +145,8 @@ impl Fleet {
                 .with_context(|| format!("starting the DNS front door of edge {}", info.name))?;
             dns_addrs.push(dns.local_addr());
             tasks.spawn(dns.serve(token.child_token()));
-            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone()).with_context(|| {
-                format!(
-                    "edge {}: http/3 front door on {}",
-                    info.name, info.quic_listen
-                )
-            })?;
+            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone())
+                .with_context(|| format!("edge {}: http/3 front door", info.name))?;
             quic_addrs.push(frontdoor.local_addr());
             tasks.spawn(frontdoor.serve(token.child_token()));
             contexts.push(cx);

@@ -39,9 +39,10 @@ pub enum FrontdoorError {
     #[error("tls: {0}")]
     Tls(String),
     /// The UDP socket could not be created or bound.
-    #[error("binding quic listener {addr}: {source}")]
+    #[error("binding quic listener {addr}")]
     Bind {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
     /// A configured value quinn does not accept.

@@ -1,7 +1,7 @@
 //! The endpoint loop, one task per connection, one task per request.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,21 +225,14 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                 return;
             }
         };
-        let handshake = Counted::new(shared.clone(), Which::Handshaking);
+        let counted = Counted::new(shared.clone(), Which::Handshaking);
         // `confirmed` is None when the connection is only used after the
         // handshake; with 0-RTT it turns true once the handshake completes.
-        let (conn, confirmed) = if shared.settings.enable_0rtt {
+        // With 0-RTT the connection is used before the handshake completes;
+        // `handshake` then holds the future that resolves when it does.
+        let (conn, mut handshake) = if shared.settings.enable_0rtt {
             match connecting.into_0rtt() {
-                Ok((conn, done)) => {
-                    let flag = Arc::new(AtomicBool::new(false));
-                    let f = flag.clone();
-                    tokio::spawn(async move {
-                        let _ = done.await;
-                        f.store(true, Ordering::Release);
-                        drop(handshake);
-                    });
-                    (conn, Some(flag))
-                }
+                Ok((conn, done)) => (conn, Some((Box::pin(done), counted))),
                 Err(connecting) => match connecting.await {
                     Ok(c) => (c, None),
                     Err(e) => {
@@ -250,7 +243,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
             }
         } else {
             let c = connecting.await;
-            drop(handshake);
+            drop(counted);
             match c {
                 Ok(c) => (c, None),
                 Err(e) => {
@@ -272,19 +265,40 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
         };
         let requests = TaskTracker::new();
         loop {
+            // Biased: a handshake completion already processed by quinn is
+            // seen before a request that arrived after it.
             let next = tokio::select! {
                 biased;
-                _ = shared.token.cancelled() => {
+                _ = shared.token.cancelled() => Next::Cancelled,
+                ok = async {
+                    match handshake.as_mut() {
+                        Some((done, _)) => done.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if handshake.is_some() => Next::Handshake(ok),
+                r = h3c.accept() => Next::Request(r),
+            };
+            match next {
+                Next::Cancelled => {
                     // GOAWAY: requests already accepted still complete.
                     if let Err(e) = h3c.shutdown(0).await {
                         tracing::debug!(error = %e, "goaway failed");
                     }
                     break;
                 }
-                r = h3c.accept() => r,
-            };
-            match next {
-                Ok(Some(resolver)) => {
+                // quinn reports whether 0-RTT was accepted (false also for a
+                // plain handshake) or false when the connection died first;
+                // the latter leaves a close reason, set before the report.
+                Next::Handshake(zero_rtt) if zero_rtt || conn.close_reason().is_none() => {
+                    handshake = None
+                }
+                Next::Handshake(_) => {
+                    // The connection failed before its handshake completed:
+                    // whatever is still queued may be replayed early data.
+                    tracing::debug!("connection lost before the handshake completed");
+                    break;
+                }
+                Next::Request(Ok(Some(resolver))) => {
                     // 0-RTT soundness: a replayed ClientHello with its early
                     // data can never complete the handshake (the attacker
                     // lacks the resumption secret for the client Finished).
@@ -292,13 +306,11 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                     // completed is not a replay; one accepted before may be,
                     // and only idempotent functions may run from it (others
                     // get 425 and the client retries after the handshake).
-                    let early = confirmed
-                        .as_ref()
-                        .is_some_and(|c| !c.load(Ordering::Acquire));
+                    let early = handshake.is_some();
                     requests.spawn(request(shared.clone(), resolver, early));
                 }
-                Ok(None) => break,
-                Err(e) => {
+                Next::Request(Ok(None)) => break,
+                Next::Request(Err(e)) => {
                     tracing::debug!(error = %e, "connection ended");
                     break;
                 }
@@ -320,7 +332,21 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
     .await
 }
 
+/// What woke the connection loop.
+enum Next<T> {
+    Cancelled,
+    /// The handshake of a 0-RTT-capable connection completed, or the
+    /// connection was lost before it did (quinn's `ZeroRttAccepted`).
+    Handshake(bool),
+    Request(T),
+}
+
 /// Handles one request stream; never panics on its input.
+///
+/// Never calls `stop_sending` on the stream: h3-quinn 0.0.10 unwraps the
+/// inner stream there, which is absent while a read is in flight (a panic
+/// seen after a partly read body). Dropping the stream after the response
+/// stops the peer's sending instead (quinn sends STOP_SENDING on drop).
 async fn request(
     shared: Arc<Shared>,
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
@@ -381,14 +407,12 @@ async fn handle(
     match limits::route(req.method(), req.uri().path()) {
         Route::Invoke(_) => {}
         Route::MethodNotAllowed => {
-            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             return Err(Problem::new(
                 ProblemKind::MethodNotAllowed,
                 format!("method {} is not allowed; use POST", req.method()),
             ));
         }
         Route::NotFound => {
-            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             return Err(Problem::new(
                 ProblemKind::NotFound,
                 format!(
@@ -399,7 +423,6 @@ async fn handle(
         }
     }
     let Some(function) = shared.cx.exec.function(name) else {
-        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
         let detail = if shared.cx.topology.function(name).is_some() {
             format!("function {name:?} is not hosted on edge {edge:?}")
         } else {
@@ -408,7 +431,6 @@ async fn handle(
         return Err(Problem::new(ProblemKind::UnknownFunction, detail).function(name));
     };
     if early && !function.idempotent {
-        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
         return Err(Problem::new(
             ProblemKind::TooEarly,
             format!("function {name:?} is not idempotent; retry after the handshake"),
@@ -439,17 +461,13 @@ async fn handle(
                 Problem::new(ProblemKind::BadRequest, "bad content-length").function(name)
             })?;
         if len > max {
-            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             return Err(too_large(len));
         }
     }
     let payload = read_body(stream, max, read_deadline)
         .await
         .map_err(|e| match e {
-            BodyError::TooLarge(n) => {
-                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                too_large(n)
-            }
+            BodyError::TooLarge(n) => too_large(n),
             BodyError::Timeout => Problem::new(
                 ProblemKind::BodyTimeout,
                 format!(

@@ -402,8 +402,11 @@ async fn early_data_only_for_idempotent_functions() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
 
+    // Through a relay that holds back the client's handshake completion,
+    // so the server surely sees the early request before the handshake.
+    let relay = handshake_delaying_relay(edge.addr, Duration::from_millis(200)).await;
     let (conn, zero_rtt) = client
-        .connect_0rtt(edge.addr, "upper.fn.test")
+        .connect_0rtt(relay, "upper.fn.test")
         .await
         .expect("connect");
     assert!(zero_rtt, "client resumed with 0-RTT");
@@ -425,8 +428,9 @@ async fn early_data_only_for_idempotent_functions() {
     assert_eq!(&r.body[..], b"LATE");
 
     // An idempotent function runs from early data.
+    let relay = handshake_delaying_relay(edge.addr, Duration::from_millis(200)).await;
     let (conn, zero_rtt) = client
-        .connect_0rtt(edge.addr, "upper.fn.test")
+        .connect_0rtt(relay, "upper.fn.test")
         .await
         .expect("connect");
     assert!(zero_rtt);
@@ -694,4 +698,142 @@ async fn configured_certificate_is_used_instead_of_a_generated_one() {
         .await
         .is_err());
     fleet.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_section_limit_is_advertised_and_enforced() {
+    let edge = start(Opts {
+        quic: "max_header_bytes = 1024",
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    // After one exchange the client has the server's SETTINGS, including
+    // SETTINGS_MAX_FIELD_SECTION_SIZE, and h3 refuses to send more. (A
+    // client that sends anyway gets 431 from the h3 layer, before fnroute's
+    // handler; that path races with SETTINGS and is not asserted here.)
+    let r = conn
+        .invoke("upper", Bytes::from_static(b"a"))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200);
+    let big = "v".repeat(4000);
+    let err = conn
+        .send(Request::invoke("upper", Bytes::from_static(b"x")).header("x-big", &big))
+        .await
+        .expect_err("header section over the advertised limit");
+    assert!(err.to_string().contains("max size: 1024"), "{err}");
+    // The connection survives.
+    let r = conn
+        .invoke("upper", Bytes::from_static(b"ok"))
+        .await
+        .expect("invoke");
+    assert_eq!(&r.body[..], b"OK");
+}
+
+/// A UDP relay on loopback in front of `server` that forwards the client's
+/// Initial and 0-RTT packets at once but holds every datagram carrying a
+/// Handshake or 1-RTT packet for `delay` (in order): the server receives
+/// 0-RTT requests well before the client's Finished.
+async fn handshake_delaying_relay(
+    server: std::net::SocketAddr,
+    delay: Duration,
+) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let back = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    back.connect(server).await.expect("connect");
+    let addr = front.local_addr().expect("addr");
+    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1024);
+    {
+        let back = back.clone();
+        tokio::spawn(async move {
+            while let Some((at, d)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                let _ = back.send(&d).await;
+            }
+        });
+    }
+    {
+        let (front, back, client) = (front.clone(), back.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                let to = *client.lock().expect("lock");
+                if let Some(to) = to {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut held = false;
+        while let Ok((n, from)) = front.recv_from(&mut buf).await {
+            *client.lock().expect("lock") = Some(from);
+            let d = buf[..n].to_vec();
+            // Once one datagram is held, later ones queue behind it.
+            held |= carries_handshake_or_1rtt(&d);
+            let at = if held {
+                Instant::now() + delay
+            } else {
+                Instant::now()
+            };
+            if tx.send((at, d)).await.is_err() {
+                break;
+            }
+        }
+    });
+    addr
+}
+
+/// Walks the coalesced QUIC v1 packets of a datagram (RFC 9000 17.2).
+fn carries_handshake_or_1rtt(d: &[u8]) -> bool {
+    fn varint(b: &[u8], i: &mut usize) -> Option<usize> {
+        let first = *b.get(*i)?;
+        let len = 1usize << (first >> 6);
+        let mut v = u64::from(first & 0x3f);
+        for k in 1..len {
+            v = (v << 8) | u64::from(*b.get(*i + k)?);
+        }
+        *i += len;
+        usize::try_from(v).ok()
+    }
+    let mut i = 0;
+    while i < d.len() {
+        let first = d[i];
+        if first & 0x80 == 0 {
+            return true; // short header: 1-RTT
+        }
+        let ty = (first >> 4) & 0x03;
+        if ty == 2 {
+            return true; // Handshake
+        }
+        let mut j = i + 5;
+        let Some(&dcid) = d.get(j) else { return false };
+        j += 1 + dcid as usize;
+        let Some(&scid) = d.get(j) else { return false };
+        j += 1 + scid as usize;
+        if ty == 0 {
+            let Some(token) = varint(d, &mut j) else {
+                return false;
+            };
+            j += token;
+        }
+        let Some(len) = varint(d, &mut j) else {
+            return false;
+        };
+        i = j + len;
+    }
+    false
 }
