@@ -274,6 +274,27 @@ pub fn cache_request(edge: &str, function: &str, result: CacheResult) {
         .increment(1);
 }
 
+/// Sets `edge`'s cache counters from the cache's own totals (exported at
+/// scrape time; the cache keeps atomics, not per-function series, so the
+/// `function` label is "all").
+pub fn cache_totals(edge: &str, hits: u64, misses: u64, stale: u64, coalesced: u64) {
+    let e = name(edge);
+    for (result, n) in [
+        (CacheResult::Hit, hits),
+        (CacheResult::Miss, misses),
+        (CacheResult::Stale, stale),
+        (CacheResult::Coalesced, coalesced),
+    ] {
+        ::metrics::counter!(CACHE_REQUESTS, "edge" => e, "function" => "all", "result" => result.as_str())
+            .absolute(n);
+    }
+}
+
+/// Sets `edge`'s eviction counter for `cause` to `n`.
+pub fn cache_evictions_total(edge: &str, cause: &'static str, n: u64) {
+    ::metrics::counter!(CACHE_EVICTIONS, "edge" => name(edge), "cause" => cause).absolute(n);
+}
+
 /// Bytes currently held by `edge`'s cache.
 pub fn cache_bytes(edge: &str, bytes: u64) {
     ::metrics::gauge!(CACHE_BYTES, "edge" => name(edge)).set(bytes as f64);

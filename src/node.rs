@@ -33,6 +33,9 @@ pub struct EdgeContext {
     pub exec: Arc<Executors>,
     /// Counters of this edge's DNS front door (exported at scrape time).
     pub dns_stats: Arc<crate::dns::DnsStats>,
+    /// This edge's response cache (cheap to clone; shared by the front
+    /// door and the admin purge endpoint).
+    pub cache: crate::frontdoor::cached::ResponseCache,
 }
 
 impl EdgeContext {
@@ -48,6 +51,9 @@ impl EdgeContext {
                 topology.functions.len(),
                 topology.edges.len(),
             )),
+            cache: crate::frontdoor::cached::ResponseCache::new(
+                topology.edges.get(edge).map_or(64 << 20, |e| e.cache_bytes),
+            ),
             topology,
             geo,
         })

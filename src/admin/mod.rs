@@ -293,6 +293,11 @@ async fn handle(
                 }
             }
             ("/reload", &Method::POST) => reload(state, req, limits).await,
+            ("/cache", &Method::DELETE) => purge(state, &req, None),
+            (p, &Method::DELETE) if p.starts_with("/cache/") => {
+                let name = p.trim_start_matches("/cache/").to_string();
+                purge(state, &req, Some(&name))
+            }
             ("/metrics" | "/status" | "/" | "/healthz", _) => {
                 let mut r = problem(StatusCode::METHOD_NOT_ALLOWED, "use GET", None);
                 r.headers_mut()
@@ -308,7 +313,7 @@ async fn handle(
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "no such admin endpoint",
-                Some("GET /, /status, /metrics, /healthz; POST /reload"),
+                Some("GET /, /status, /metrics, /healthz; POST /reload; DELETE /cache, /cache/{function}"),
             ),
         };
         tracing::debug!(status = res.status().as_u16(), "admin request");
@@ -320,6 +325,36 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// `DELETE /cache` (everything) or `DELETE /cache/{function}`: drops the
+/// response cache's entries at once (memory is reclaimed lazily).
+fn purge(state: &State, req: &Request<Incoming>, function: Option<&str>) -> Response<Full<Bytes>> {
+    if let Err(r) = authorize(state, req) {
+        return *r;
+    }
+    let edge = state.cx.name();
+    match function {
+        None => {
+            state.cx.cache.purge_all();
+            tracing::info!(edge, "cache purged");
+            json_response(StatusCode::OK, &json!({ "edge": edge, "purged": "all" }))
+        }
+        Some(name) => match state.cx.topology.function(name) {
+            None => problem(
+                StatusCode::NOT_FOUND,
+                &format!("unknown function {name:?}"),
+                Some("DELETE /cache/{function} with a function of the topology, or DELETE /cache"),
+            ),
+            Some(f) => match state.cx.cache.purge_function(&f.name) {
+                Ok(()) => {
+                    tracing::info!(edge, function = %f.name, "cache purged");
+                    json_response(StatusCode::OK, &json!({ "edge": edge, "purged": f.name }))
+                }
+                Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+            },
+        },
+    }
 }
 
 /// Pool gauges, pool events and metering totals of one edge's executors.
@@ -377,6 +412,11 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     // Counters the request paths keep as plain atomics are copied in now.
     state.cx.dns_stats.export(me, &state.cx.topology);
     export_executors(me, &state.cx.exec);
+    let c = state.cx.cache.stats();
+    crate::metrics::cache_totals(me, c.hits, c.misses, c.stale, c.coalesced);
+    crate::metrics::cache_bytes(me, c.bytes);
+    crate::metrics::cache_evictions_total(me, "size", c.evictions);
+    crate::metrics::cache_evictions_total(me, "expired", c.expirations);
     response(
         StatusCode::OK,
         crate::metrics::CONTENT_TYPE,
@@ -384,17 +424,15 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     )
 }
 
-async fn reload(
-    state: &State,
-    req: Request<Incoming>,
-    limits: AdminLimits,
-) -> Response<Full<Bytes>> {
+/// Checks the bearer token of a mutating request; the error is the
+/// response to send.
+fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Box<Response<Full<Bytes>>>> {
     let Some(expected) = state.token.as_deref() else {
-        return problem(
+        return Err(Box::new(problem(
             StatusCode::FORBIDDEN,
             "mutating admin endpoints are disabled: no admin token is configured",
             Some("set admin_token_file in the topology (a file holding one secret line) or the FNROUTE_ADMIN_TOKEN environment variable, then call with Authorization: Bearer <token>"),
-        );
+        )));
     };
     let presented = req
         .headers()
@@ -415,7 +453,18 @@ async fn reload(
             header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer realm=\"fnroute-admin\""),
         );
-        return r;
+        return Err(Box::new(r));
+    }
+    Ok(())
+}
+
+async fn reload(
+    state: &State,
+    req: Request<Incoming>,
+    limits: AdminLimits,
+) -> Response<Full<Bytes>> {
+    if let Err(r) = authorize(state, &req) {
+        return *r;
     }
     // The body is not used; read it (bounded) so keep-alive works.
     let body = Limited::new(req.into_body(), limits.max_body_bytes);

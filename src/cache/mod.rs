@@ -148,6 +148,12 @@ pub struct Cache<V, E> {
     inner: Arc<Inner<V, E>>,
 }
 
+impl<V, E> std::fmt::Debug for Cache<V, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
 impl<V, E> Clone for Cache<V, E> {
     fn clone(&self) -> Self {
         Self {

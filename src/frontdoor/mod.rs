@@ -11,6 +11,7 @@
 //! invocations are bounded by the edge's `capacity` (semaphore, bounded
 //! wait, then 503); network input never panics.
 
+pub mod cached;
 pub mod client;
 pub mod limits;
 pub mod problem;
@@ -29,6 +30,9 @@ pub use tls::CertFiles;
 
 /// Response header naming the edge that handled the request.
 pub const EDGE_HEADER: &str = "fnroute-edge";
+/// Whether the response cache answered: `hit`, `miss`, `stale` or
+/// `coalesced` (only for functions with a cache policy).
+pub const CACHE_HEADER: &str = "fnroute-cache";
 /// Response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
 

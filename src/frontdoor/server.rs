@@ -18,8 +18,12 @@ use super::limits::{self, Admit, Route};
 use super::problem::{Problem, ProblemKind};
 use super::tls::{self, CertFiles};
 use super::{FrontdoorError, EDGE_HEADER, REQUEST_ID_HEADER};
+use crate::cache::{self, CacheKey, CacheStatus};
 use crate::config::QuicSettings;
 use crate::exec::Invocation;
+
+use super::cached::CachedReply;
+use super::CACHE_HEADER;
 use crate::node::EdgeContext;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
@@ -394,7 +398,7 @@ type Reply = (Response<()>, Bytes);
 
 #[allow(clippy::too_many_arguments)]
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     req: &http::Request<()>,
     stream: &mut Stream,
     name: &str,
@@ -481,29 +485,6 @@ async fn handle(
             }
         })?;
 
-    // Edge admission: a slot among `capacity`, after a short bounded wait.
-    if shared.token.is_cancelled() {
-        return Err(Problem::new(
-            ProblemKind::ShuttingDown,
-            format!("edge {edge:?} is shutting down"),
-        )
-        .function(name)
-        .retry_after(Duration::from_secs(1)));
-    }
-    let admitted = Instant::now();
-    let _permit =
-        match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(Problem::new(
-                    ProblemKind::EdgeSaturated,
-                    format!("edge {edge:?} is at its capacity of in-flight invocations"),
-                )
-                .function(name)
-                .retry_after(Duration::from_secs(1)))
-            }
-        };
-    let admission_wait = admitted.elapsed();
     let deadline = Instant::now() + timeout;
     let inv = Invocation {
         function: function.name.clone(),
@@ -516,6 +497,92 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     };
+    // The cache is consulted before admission and execution: a hit never
+    // touches an executor. Only functions with a cache policy get a key.
+    let key = function.cache.as_ref().map(|_| {
+        CacheKey::for_request(
+            function,
+            cache::function_version(function),
+            &inv.payload,
+            |h| req.headers().get(h).and_then(|v| v.to_str().ok()),
+        )
+    });
+    let run = {
+        let shared = shared.clone();
+        let kind = function.executor.kind;
+        move || execute(shared, inv, kind, timeout, started)
+    };
+    let (reply, status, age) = match key {
+        Some(key) => {
+            let f = shared
+                .cx
+                .cache
+                .fetch(key, function.cache.as_ref(), run)
+                .await;
+            let age = f.age_secs();
+            (f.result?, Some(f.status), age)
+        }
+        None => (run().await?, None, 0),
+    };
+    let timing = match status {
+        Some(s @ (CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Coalesced)) => format!(
+            "cache;desc={}, total;dur={:.3}",
+            s.as_str(),
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+        _ => reply.timing.clone(),
+    };
+    tracing::debug!(bytes = reply.body.len(), %timing, cache = status.map(CacheStatus::as_str), "invoked");
+    let mut head = base_response(StatusCode::OK, edge, id)
+        .header(header::CONTENT_TYPE, reply.content_type.clone())
+        .header(header::CONTENT_LENGTH, reply.body.len())
+        .header("server-timing", timing);
+    if let Some(s) = status.filter(|s| *s != CacheStatus::Bypass) {
+        head = head.header(CACHE_HEADER, s.as_str());
+        if s != CacheStatus::Miss {
+            head = head.header(header::AGE, age);
+        }
+    }
+    let head = head
+        .body(())
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    Ok((head, reply.body))
+}
+
+/// Admission and execution of one invocation (what a cache miss runs).
+async fn execute(
+    shared: Arc<Shared>,
+    inv: Invocation,
+    kind: crate::config::ExecutorKind,
+    timeout: Duration,
+    started: Instant,
+) -> Result<CachedReply, Problem> {
+    let name = inv.function.clone();
+    let edge = &shared.edge_name;
+    // Edge admission: a slot among `capacity`, after a short bounded wait.
+    if shared.token.is_cancelled() {
+        return Err(Problem::new(
+            ProblemKind::ShuttingDown,
+            format!("edge {edge:?} is shutting down"),
+        )
+        .function(&name)
+        .retry_after(Duration::from_secs(1)));
+    }
+    let admitted = Instant::now();
+    let _permit =
+        match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(Problem::new(
+                    ProblemKind::EdgeSaturated,
+                    format!("edge {edge:?} is at its capacity of in-flight invocations"),
+                )
+                .function(&name)
+                .retry_after(Duration::from_secs(1)))
+            }
+        };
+    let admission_wait = admitted.elapsed();
+    let deadline = inv.deadline;
     // The executor enforces the deadline; the slack only guards against
     // an executor that does not.
     let out = match tokio::time::timeout_at(
@@ -527,7 +594,7 @@ async fn handle(
         Ok(r) => r,
         Err(_) => Err(crate::exec::ExecError::Timeout(timeout)),
     }
-    .map_err(|e| Problem::from_exec(name, &e))?;
+    .map_err(|e| Problem::from_exec(&name, &e))?;
     let content_type = out
         .content_type
         .as_deref()
@@ -539,14 +606,13 @@ async fn handle(
         started.elapsed(),
         out.timing.cold_start,
     );
-    tracing::debug!(bytes = out.body.len(), %timing, "invoked");
-    let head = base_response(StatusCode::OK, edge, id)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CONTENT_LENGTH, out.body.len())
-        .header("server-timing", timing)
-        .body(())
-        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-    Ok((head, out.body))
+    let directive = CachedReply::directive_of(kind, &out.body, out.cache_control.as_deref());
+    Ok(CachedReply {
+        body: out.body,
+        content_type,
+        timing,
+        directive,
+    })
 }
 
 enum BodyError {

@@ -405,6 +405,56 @@ async fn metrics_count_real_dns_queries_and_invocations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_purge_needs_a_token_and_drops_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let path = three_edges(
+        dir.path(),
+        &format!("admin_token_file = {:?}", token_file.display().to_string()),
+    );
+    let fleet = start(&path).await;
+    let nyc = fleet.admin[1];
+    // resize (cacheable, hosted on nyc) gets one entry through the cache.
+    let cache = fleet.edges[1].cache.clone();
+    let key =
+        || fnroute::cache::CacheKey::new("resize", 1, b"x", std::iter::empty::<Option<&str>>());
+    let policy = fleet.topology.function("resize").unwrap().cache.clone();
+    let put = cache
+        .fetch(key(), policy.as_ref(), || async {
+            Ok(fnroute::frontdoor::cached::CachedReply {
+                body: bytes::Bytes::from_static(b"x"),
+                content_type: http::HeaderValue::from_static("text/plain"),
+                timing: String::new(),
+                directive: fnroute::cache::Directive::Default,
+            })
+        })
+        .await;
+    assert_eq!(put.status, fnroute::cache::CacheStatus::Miss);
+
+    assert_eq!(http(nyc, "DELETE", "/cache", &[], b"").await.status, 401);
+    let auth = [("Authorization", "Bearer s3cret-token")];
+    let r = http(nyc, "DELETE", "/cache/nope", &auth, b"").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = http(nyc, "DELETE", "/cache/RESIZE", &auth, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["purged"], "resize");
+    let again = cache
+        .fetch(key(), policy.as_ref(), || async {
+            Err(fnroute::frontdoor::problem::Problem::new(
+                fnroute::frontdoor::problem::ProblemKind::Internal,
+                "must run: the entry was purged",
+            ))
+        })
+        .await;
+    assert_eq!(again.status, fnroute::cache::CacheStatus::Miss);
+    assert!(again.result.is_err());
+    let r = http(nyc, "DELETE", "/cache", &auth, b"").await;
+    assert_eq!((r.status, r.json()["purged"].as_str()), (200, Some("all")));
+    fleet.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_needs_a_token_and_reports_validation() {
     let dir = tempfile::tempdir().unwrap();
     // Without a token configured, mutating endpoints are off and say how

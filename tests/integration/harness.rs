@@ -42,6 +42,18 @@ executor = { kind = "command", command = ["sh", "-c", "sleep 0.5; cat"] }
 timeout_ms = 3000
 
 [[function]]
+name = "cached"
+edges = ["fra"]
+executor = { kind = "command", command = ["cat"] }
+cache = { ttl_s = 30, vary = ["accept-language"] }
+
+[[function]]
+name = "nostore"
+edges = ["fra"]
+executor = { kind = "command", command = ["sh", "-c", "echo 'fnroute-cache-control: no-store' >&2; cat"] }
+cache = { ttl_s = 30 }
+
+[[function]]
 name = "elsewhere"
 edges = ["nyc"]
 executor = { kind = "command", command = ["cat"] }

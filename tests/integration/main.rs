@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod config;
 mod dns;
+mod edgecache;
 mod exec;
 mod frontdoor;
 mod geo;
