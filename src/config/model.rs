@@ -72,6 +72,9 @@ pub struct ExecutorSettings {
     pub keep_warm: Duration,
     pub queue: u32,
     pub queue_timeout: Duration,
+    /// One JSON line per metered invocation is appended here (for billing
+    /// pipelines); `None` = off.
+    pub metering_log: Option<PathBuf>,
 }
 
 /// Index of an edge in `Topology::edges`.

@@ -96,6 +96,8 @@ pub(crate) struct RawExecutors {
     pub(crate) queue: Option<u32>,
     /// How long an invocation may wait in the queue before 503.
     pub(crate) queue_timeout_ms: Option<u64>,
+    /// A file that gets one JSON line per metered invocation.
+    pub(crate) metering_log: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

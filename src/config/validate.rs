@@ -158,6 +158,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors
         keep_warm: Duration::from_millis(raw.executors.keep_warm_ms.unwrap_or(60_000)),
         queue: raw.executors.queue.unwrap_or(64),
         queue_timeout: Duration::from_millis(raw.executors.queue_timeout_ms.unwrap_or(1_000)),
+        metering_log: raw.executors.metering_log.as_deref().map(|p| cx.resolve(p)),
     };
 
     let edges = check_edges(&mut cx, &raw.edge);

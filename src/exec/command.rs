@@ -98,7 +98,8 @@ impl CommandPool {
         self.running.fetch_sub(1, Ordering::AcqRel);
         let run = started.elapsed();
         if !matches!(result, Err(ExecError::Internal(_))) {
-            self.meter.record(&self.f, run, result.is_ok());
+            self.meter
+                .record(&self.f, &inv.request_id, run, result.is_ok());
         }
         let (body, cache_control) = result?;
         Ok(Output {

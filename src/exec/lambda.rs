@@ -556,7 +556,8 @@ impl LambdaPool {
     /// gone: the run is billed anyway).
     fn finish(&self, r: Running, result: Result<Reply, ExecError>, now: Instant) {
         let run = now.saturating_duration_since(r.dispatched);
-        self.meter.record(&self.f, run, result.is_ok());
+        self.meter
+            .record(&self.f, &r.data.request_id, run, result.is_ok());
         let _ = r.reply.send(Outcome {
             result,
             queued: r.dispatched.saturating_duration_since(r.enqueued),

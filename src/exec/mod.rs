@@ -218,7 +218,11 @@ impl Executors {
         let edge_name = info.name.clone();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let meter = Arc::new(Meter::new(edge_name.clone()));
+        let log = match &topology.executors.metering_log {
+            None => None,
+            Some(path) => Some(start_metering_log(path, &tasks, stop.clone())?),
+        };
+        let meter = Arc::new(Meter::new(edge_name.clone(), log));
         let mut pools = BTreeMap::new();
         for f in topology.functions.iter().filter(|f| f.hosted_on(edge)) {
             let pool = match f.executor.kind {
@@ -384,22 +388,82 @@ impl Drop for InFlight<'_> {
 }
 
 /// Running metering totals of an edge.
+/// Opens (appends to) the metering log and starts its writer task.
+fn start_metering_log(
+    path: &std::path::Path,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::sync::mpsc::Sender<String>> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the metering log {}", path.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(METERING_LOG_QUEUE);
+    let path = path.to_path_buf();
+    tasks.spawn(async move {
+        let mut out = std::io::BufWriter::new(file);
+        loop {
+            let line = tokio::select! {
+                l = rx.recv() => l,
+                () = stop.cancelled() => {
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(line) = line else { break };
+            // Whatever else is waiting goes out in the same write.
+            let mut batch = vec![line];
+            while let Ok(l) = rx.try_recv() {
+                batch.push(l);
+            }
+            // The file is written off the async workers.
+            let Ok((back, written)) = tokio::task::spawn_blocking(move || {
+                let r = batch
+                    .iter()
+                    .try_for_each(|l| writeln!(out, "{l}"))
+                    .and_then(|()| out.flush());
+                (out, r)
+            })
+            .await
+            else {
+                break;
+            };
+            out = back;
+            if let Err(error) = written {
+                tracing::error!(%error, path = %path.display(), "metering log write failed");
+            }
+        }
+    });
+    Ok(tx)
+}
+
 #[derive(Debug)]
 struct Meter {
     edge: String,
     totals: Mutex<BTreeMap<String, MeterTotals>>,
+    /// Lines for the metering log's writer task (bounded: a slow disk
+    /// drops lines, counted, rather than slowing invocations).
+    log: Option<tokio::sync::mpsc::Sender<String>>,
+    log_dropped: std::sync::atomic::AtomicU64,
 }
 
+/// Lines the metering log may have waiting for the disk.
+const METERING_LOG_QUEUE: usize = 4096;
+
 impl Meter {
-    fn new(edge: String) -> Self {
+    fn new(edge: String, log: Option<tokio::sync::mpsc::Sender<String>>) -> Self {
         Self {
             edge,
             totals: Mutex::new(BTreeMap::new()),
+            log,
+            log_dropped: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Meters one invocation that ran for `run` on a worker.
-    fn record(&self, f: &Function, run: Duration, ok: bool) -> MeterRecord {
+    fn record(&self, f: &Function, request_id: &str, run: Duration, ok: bool) -> MeterRecord {
         let billed_ms = policy::billed_ms(run);
         let mb_ms = policy::mb_ms(f.memory_mb, billed_ms);
         let rec = MeterRecord {
@@ -422,6 +486,27 @@ impl Meter {
             ok,
             "metered"
         );
+        if let Some(log) = &self.log {
+            let start = std::time::SystemTime::now()
+                .checked_sub(run)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .unwrap_or_default();
+            let line = serde_json::json!({
+                "function": rec.function,
+                "edge": rec.edge,
+                "request_id": request_id,
+                "start_unix_ms": u64::try_from(start.as_millis()).unwrap_or(u64::MAX),
+                "duration_ms": run.as_secs_f64() * 1000.0,
+                "billed_ms": billed_ms,
+                "memory_mb": rec.memory_mb,
+                "gb_seconds": rec.gb_seconds,
+                "outcome": if ok { "ok" } else { "error" },
+            });
+            if log.try_send(line.to_string()).is_err() {
+                self.log_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let t = totals.entry(f.name.clone()).or_insert_with(|| MeterTotals {
             function: f.name.clone(),

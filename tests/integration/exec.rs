@@ -879,3 +879,44 @@ async fn fleet_shutdown_drains_the_edge_executors() {
     let r = call(&ex, "probe", json!("late")).await;
     assert!(matches!(r, Err(ExecError::ShuttingDown)), "{r:?}");
 }
+
+/// `[executors] metering_log`: one JSON line per invocation, for billing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_log_has_one_json_line_per_invocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("metering.jsonl");
+    let ex = start(
+        &format!("{EXECUTORS}\nmetering_log = {:?}", log.display().to_string()),
+        "[[function]]\nname = \"up\"\nexecutor = { kind = \"command\", command = [\"tr\", \"a-z\", \"A-Z\"] }\nmemory_mb = 64\n\n[[function]]\nname = \"bad\"\nexecutor = { kind = \"command\", command = [\"false\"] }\n",
+    );
+    let a = inv("up", json!("x"), Duration::from_secs(10));
+    let rid = a.request_id.clone();
+    ex.invoke(a).await.expect("up runs");
+    assert!(call(&ex, "bad", json!(null)).await.is_err());
+    ex.drain(Duration::from_secs(5)).await;
+    let mut lines = Vec::new();
+    eventually("two metering lines", Duration::from_secs(2), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .collect();
+        lines.len() == 2
+    })
+    .await;
+    let up = lines
+        .iter()
+        .find(|l| l["function"] == "up")
+        .expect("up metered");
+    assert_eq!(up["edge"], "local");
+    assert_eq!(up["request_id"], rid.as_str());
+    assert_eq!(up["memory_mb"], 64);
+    assert_eq!(up["outcome"], "ok");
+    assert!(up["billed_ms"].as_u64().expect("billed") >= 1);
+    assert!(up["start_unix_ms"].as_u64().expect("start") > 1_700_000_000_000);
+    let bad = lines
+        .iter()
+        .find(|l| l["function"] == "bad")
+        .expect("bad metered");
+    assert_eq!(bad["outcome"], "error");
+}
