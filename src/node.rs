@@ -31,15 +31,30 @@ pub struct EdgeContext {
     pub view: Arc<LiveView>,
     /// This edge's executor pools (worker processes).
     pub exec: Arc<Executors>,
+    /// Forwarding to peers (None without a `[mesh]` in the topology).
+    pub dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
 }
 
 impl EdgeContext {
     /// The state of one edge: a fresh static view and started executor
     /// pools (call inside a tokio runtime).
     pub fn new(topology: Arc<Topology>, geo: Arc<GeoDb>, edge: EdgeId) -> anyhow::Result<Self> {
+        let view = Arc::new(LiveView::new(topology.clone()));
+        let dispatch = match &topology.mesh {
+            Some(m) => {
+                let mesh = crate::mesh::Mesh::new(&topology, m, edge)
+                    .with_context(|| format!("starting the mesh of edge {edge}"))?;
+                Some(Arc::new(crate::dispatch::Dispatcher::new(
+                    Arc::new(mesh),
+                    view.clone(),
+                )))
+            }
+            None => None,
+        };
         Ok(Self {
             edge,
-            view: Arc::new(LiveView::new(topology.clone())),
+            dispatch,
+            view,
             exec: Executors::start(topology.clone(), edge)
                 .with_context(|| format!("starting executors of edge {edge}"))?,
             topology,
@@ -143,6 +158,14 @@ impl Fleet {
             })?;
             quic_addrs.push(frontdoor.local_addr());
             tasks.spawn(frontdoor.serve(token.child_token()));
+            if let Some(d) = &cx.dispatch {
+                use crate::mesh::ViewSource;
+                let prober = Arc::new(crate::mesh::probe::Prober {
+                    mesh: d.mesh.clone(),
+                    exec: cx.exec.clone(),
+                });
+                tasks.spawn(prober.run(cx.view.clone(), token.child_token()));
+            }
             contexts.push(cx);
         }
         Ok(Self {
