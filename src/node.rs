@@ -195,6 +195,19 @@ impl Fleet {
                 v.with_edge(cx.edge, state)
             });
         }
+        // With a mesh, keep serving while peers' probes see "draining" (so
+        // they stop forwarding here and their DNS stops handing this edge
+        // out), then stop taking work.
+        let announce = self
+            .edges
+            .iter()
+            .filter_map(|cx| cx.dispatch.as_ref())
+            .map(|d| d.mesh.settings.probe_interval * 2)
+            .max();
+        if let Some(wait) = announce {
+            tracing::info!(?wait, "draining: telling peers before stopping");
+            tokio::time::sleep(wait.min(grace)).await;
+        }
         self.token.cancel();
         self.tasks.close();
         // Executors drain alongside the listeners: in-flight invocations

@@ -11,3 +11,4 @@ mod exec;
 mod frontdoor;
 mod geo;
 mod harness;
+mod mesh;
