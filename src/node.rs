@@ -168,6 +168,15 @@ impl Fleet {
             }
             contexts.push(cx);
         }
+        // Edges sharing this process reach each other at their bound
+        // addresses (which differ from the topology's when it says port 0).
+        for cx in &contexts {
+            if let Some(d) = &cx.dispatch {
+                for (other, addr) in contexts.iter().zip(&quic_addrs) {
+                    d.mesh.set_peer_addr(other.edge, *addr);
+                }
+            }
+        }
         Ok(Self {
             topology,
             geo,

@@ -125,7 +125,9 @@ pub struct PeerStats {
 
 struct Peer {
     name: String,
-    addr: SocketAddr,
+    /// The configured `quic_listen`, or the bound address when the peer
+    /// runs in this process (`set_peer_addr`).
+    addr: Mutex<SocketAddr>,
     conn: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
     stats: Mutex<PeerStats>,
 }
@@ -178,7 +180,7 @@ impl Mesh {
             .iter()
             .map(|e| Peer {
                 name: e.name.clone(),
-                addr: e.quic_listen,
+                addr: Mutex::new(e.quic_listen),
                 conn: tokio::sync::Mutex::new(None),
                 stats: Mutex::new(PeerStats {
                     health: PeerHealth::default(),
@@ -234,9 +236,18 @@ impl Mesh {
             }
         }
         *slot = None;
-        let c = std::sync::Arc::new(self.client.connect(p.addr, &p.name).await?);
+        let addr = *p.addr.lock().unwrap_or_else(|e| e.into_inner());
+        let c = std::sync::Arc::new(self.client.connect(addr, &p.name).await?);
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// Where `peer` really listens, when it runs in this process (a
+    /// configured port 0 is only known after binding).
+    pub fn set_peer_addr(&self, peer: EdgeId, addr: SocketAddr) {
+        if let Some(p) = self.peers.get(peer) {
+            *p.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+        }
     }
 
     /// Forgets `conn` if it is still the pooled connection of `peer`.

@@ -68,15 +68,30 @@ impl Prober {
         let me = self.mesh.edge;
         let exec_load = self.exec.load();
         let exec_draining = self.exec.is_draining();
+        let next_state = |id: usize, cur: &crate::placement::EdgeState| {
+            if id == me {
+                let mut s = cur.clone();
+                s.load = exec_load;
+                s.draining |= exec_draining;
+                s
+            } else {
+                self.mesh.peer_state(id).unwrap_or_else(|| cur.clone())
+            }
+        };
+        // A new generation only when something changed.
+        let changed = view
+            .load()
+            .edges
+            .iter()
+            .enumerate()
+            .any(|(id, cur)| next_state(id, cur) != *cur);
+        if !changed {
+            return;
+        }
         view.update(|v| {
             let mut next = v.clone();
             for (id, state) in next.edges.iter_mut().enumerate() {
-                if id == me {
-                    state.load = exec_load;
-                    state.draining |= exec_draining;
-                } else if let Some(s) = self.mesh.peer_state(id) {
-                    *state = s;
-                }
+                *state = next_state(id, state);
             }
             next
         });
