@@ -211,7 +211,10 @@ impl Fleet {
             .edges
             .iter()
             .filter_map(|cx| cx.dispatch.as_ref())
-            .map(|d| d.mesh.settings.probe_interval * 2)
+            .map(|d| {
+                let every = d.mesh.settings.probe_interval;
+                every * 2 + crate::mesh::probe::probe_timeout(every)
+            })
             .max();
         if let Some(wait) = announce {
             tracing::info!(?wait, "draining: telling peers before stopping");

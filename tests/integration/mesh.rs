@@ -272,7 +272,7 @@ async fn invoke_once(
 /// Waits until every edge answers and `resize` through fra succeeds.
 async fn wait_ready(p: &Ports, procs: &Procs) {
     let c = client();
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(60);
     loop {
         let mut ok = true;
         for i in 0..3 {
@@ -453,6 +453,8 @@ idempotent = true
 /// Drives idempotent invocations through fra until `stop`; counts.
 struct Driver {
     ok: Arc<AtomicU64>,
+    /// Slowest invocation so far (µs).
+    slowest: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -460,12 +462,14 @@ struct Driver {
 
 fn drive(p: &Ports, workers: usize, limit: Duration) -> Driver {
     let ok = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let addr = quic(0, p);
     let tasks = (0..workers)
         .map(|_| {
             let (ok, errors, stop) = (ok.clone(), errors.clone(), stop.clone());
+            let slowest = slowest.clone();
             tokio::spawn(async move {
                 let c = client();
                 let conn = c.connect(addr, "localhost").await.expect("connect fra");
@@ -473,6 +477,7 @@ fn drive(p: &Ports, workers: usize, limit: Duration) -> Driver {
                     let t0 = Instant::now();
                     let r = conn.invoke("resize", Bytes::from_static(b"payload")).await;
                     let took = t0.elapsed();
+                    slowest.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
                     match r {
                         Ok(r) if r.status == 200 && took < limit => {
                             ok.fetch_add(1, Ordering::Relaxed);
@@ -491,6 +496,7 @@ fn drive(p: &Ports, workers: usize, limit: Duration) -> Driver {
         .collect();
     Driver {
         ok,
+        slowest,
         errors,
         stop,
         tasks,
@@ -500,6 +506,10 @@ fn drive(p: &Ports, workers: usize, limit: Duration) -> Driver {
 impl Driver {
     async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "driver: slowest invocation {:?}",
+            Duration::from_micros(self.slowest.load(Ordering::Relaxed))
+        );
         for t in self.tasks {
             t.await.unwrap();
         }
@@ -548,13 +558,21 @@ async fn failover_under_load_with_real_processes() {
         gone < Duration::from_secs(5),
         "dns dropped nyc after {gone:?}"
     );
+    eprintln!(
+        "failover: {ok} invocations, 0 failed; dns stopped answering nyc {gone:?} after SIGKILL"
+    );
     procs.spawn(1);
+    let back = Instant::now();
     assert!(
         wait_dns(&p, |a| a == Some(NYC), Duration::from_secs(20))
             .await
             .is_some(),
         "nyc came back but dns does not hand it out\n{}",
         procs.logs()
+    );
+    eprintln!(
+        "failover: nyc back in dns {:?} after restart",
+        back.elapsed()
     );
 }
 
@@ -594,5 +612,96 @@ async fn partitioned_peer_is_marked_down_and_nothing_hangs() {
             .is_some(),
         "continued peer not back in dns\n{}",
         procs.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_reports_draining_to_peers_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ports();
+    let t = Arc::new(three_edges(dir.path(), &p));
+    // Two processes' worth of edges in one test: fra and sin; nyc alone.
+    let a = Fleet::start(t.clone(), &[0, 2]).await.expect("fra, sin");
+    let b = Fleet::start(t.clone(), &[1]).await.expect("nyc");
+    let view = a.edges[0].view.clone();
+    // Both sides probe each other; fra sees nyc up and not draining.
+    let until = Instant::now() + Duration::from_secs(10);
+    while view.load().edges[1].draining || !view.load().edges[1].healthy {
+        assert!(Instant::now() < until, "nyc never seen up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = tokio::spawn(b.shutdown(Duration::from_secs(2)));
+    // fra learns "draining" from nyc's /health while nyc still answers:
+    // healthy and draining at once (not merely down).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = view.load();
+        if v.edges[1].draining && v.edges[1].healthy {
+            break;
+        }
+        assert!(Instant::now() < until, "fra never saw nyc draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nothing is forwarded to a draining edge: resize goes to sin.
+    let (status, edge) = invoke_once(&client(), quic(0, &p), "resize", "x")
+        .await
+        .expect("invoke");
+    assert_eq!((status, edge.as_str()), (200, "sin"));
+    stopping.await.unwrap();
+    a.shutdown(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn missing_cluster_certificates_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ports();
+    let path = write_topology(dir.path(), &p, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/ca.pem\"", "/nope.pem\"");
+    std::fs::write(&path, text).unwrap();
+    let e = fnroute::config::load(&path).expect_err("missing ca");
+    let s = e.to_string();
+    assert!(
+        s.contains("mesh.ca") && s.contains("fnroute cert dev"),
+        "{s}"
+    );
+    // `fnroute cert dev` creates what is missing, and then it loads.
+    let out = dir.path().join("certs");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let certs = repo("edge-config/dev-certs").display().to_string();
+    let text = text
+        .replace(
+            &format!("{certs}/nope.pem"),
+            &format!("{}/ca.pem", out.display()),
+        )
+        .replace(
+            &format!("cert_dir = \"{certs}\""),
+            &format!("cert_dir = \"{}\"", out.display()),
+        );
+    std::fs::write(&path, text).unwrap();
+    assert!(fnroute::config::load(&path).is_err(), "certs not there yet");
+    let st = Command::new(env!("CARGO_BIN_EXE_fnroute"))
+        .args(["cert", "dev", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for f in ["ca.pem", "fra.pem", "fra-key.pem", "nyc.pem", "sin-key.pem"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let t = fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The edge name is recoverable from its certificate.
+    let pem = std::fs::read(out.join("nyc.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let names: Vec<String> = t.edges.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(
+        fnroute::mesh::pki::peer_name(&der, &names).as_deref(),
+        Some("nyc")
     );
 }
