@@ -1,8 +1,11 @@
 //! Where an invocation runs: locally, or on the best peer.
 //!
-//! The pure building blocks live here today: peak-EWMA and power-of-two
-//! choices (`balance`), the retry budget (`budget`) and passive outlier
-//! ejection (`eject`). They take `now` and do no I/O.
+//! The pure building blocks take `now` and do no I/O: peak-EWMA and
+//! power-of-two choices (`balance`), the retry budget (`budget`) and
+//! passive outlier ejection (`eject`). `Dispatcher` combines them with the
+//! live view and the mesh's pooled peer connections: candidate choice,
+//! forwarding with hop count and remaining deadline, retries of idempotent
+//! functions on another edge, and ejection of failing peers.
 
 pub mod balance;
 pub mod budget;

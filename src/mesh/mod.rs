@@ -1,9 +1,12 @@
 //! The live view every edge keeps of the fleet.
 //!
 //! `mesh` owns the current `placement::View` and swaps it atomically; DNS
-//! and dispatch read it without locks. Until active probing lands, the view
-//! holds the static topology (every edge up and idle); updates go through
-//! `LiveView::update`, which always publishes a new generation.
+//! and dispatch read it without locks. Without `[mesh]` in the topology the
+//! view holds the static topology (every edge up and idle). With it, each
+//! edge has a `Mesh`: its cluster identity (`pki`), one pooled mTLS HTTP/3
+//! connection per peer, and per-peer health, RTT and ejection state; the
+//! `probe::Prober` (a `ViewSource`) probes every peer's `GET /health` and
+//! publishes a new generation when something changed.
 
 pub mod health;
 

@@ -666,6 +666,20 @@ fn missing_cluster_certificates_are_config_errors() {
         s.contains("mesh.ca") && s.contains("fnroute cert dev"),
         "{s}"
     );
+    // Knobs out of range are errors too, named by key.
+    let bad = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("probe_interval_ms = 100", "probe_interval_ms = 5")
+        .replace("fall = 3", "fall = 0");
+    let bad_path = dir.path().join("bad.toml");
+    std::fs::write(&bad_path, bad).unwrap();
+    let s = fnroute::config::load(&bad_path)
+        .expect_err("bad knobs")
+        .to_string();
+    assert!(
+        s.contains("mesh.probe_interval_ms") && s.contains("mesh.fall"),
+        "{s}"
+    );
     // `fnroute cert dev` creates what is missing, and then it loads.
     let out = dir.path().join("certs");
     let text = std::fs::read_to_string(&path).unwrap();
