@@ -90,6 +90,35 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// Orders ranked candidates (best first): the first is chosen by power of
+/// two choices over `cost` among those near-equal to the best (same class,
+/// distance within `NEAR_FACTOR` × best + `NEAR_MARGIN_KM`); the rest keep
+/// their rank order. Pure: randomness comes in as `r1`, `r2`.
+pub fn order(
+    mut list: Vec<placement::Candidate>,
+    cost: impl Fn(EdgeId) -> f64,
+    r1: u64,
+    r2: u64,
+) -> Vec<EdgeId> {
+    if let Some(best) = list.first().copied() {
+        let near = list
+            .iter()
+            .take_while(|c| {
+                c.class == best.class
+                    && c.distance_km <= best.distance_km * NEAR_FACTOR + NEAR_MARGIN_KM
+            })
+            .count();
+        let pick = balance::p2c(near, r1, r2, |i| {
+            list.get(i).map(|c| cost(c.edge)).unwrap_or(f64::MAX)
+        });
+        if let Some(pick) = pick {
+            let chosen = list.remove(pick);
+            list.insert(0, chosen);
+        }
+    }
+    list.into_iter().map(|c| c.edge).collect()
+}
+
 /// How one forward attempt ended.
 enum Attempt {
     Done(Reply),
@@ -135,7 +164,7 @@ impl Dispatcher {
             return Vec::new();
         };
         let ranking = placement::rank(&view, &f.edges, here);
-        let mut list: Vec<placement::Candidate> = ranking
+        let list: Vec<placement::Candidate> = ranking
             .candidates
             .into_iter()
             .filter(|c| {
@@ -148,24 +177,12 @@ impl Dispatcher {
                         .unwrap_or(true)
             })
             .collect();
-        if let Some(best) = list.first().copied() {
-            let near = list
-                .iter()
-                .take_while(|c| {
-                    c.class == best.class
-                        && c.distance_km <= best.distance_km * NEAR_FACTOR + NEAR_MARGIN_KM
-                })
-                .count();
-            let cost = |i: usize| {
-                list.get(i)
-                    .and_then(|c| self.mesh.with_stats(c.edge, |s| s.ewma.cost()))
-                    .unwrap_or(f64::MAX)
-            };
-            if let Some(pick) = balance::p2c(near, rand::random(), rand::random(), cost) {
-                list.swap(0, pick);
-            }
-        }
-        list.into_iter().map(|c| c.edge).collect()
+        let cost = |edge: EdgeId| {
+            self.mesh
+                .with_stats(edge, |s| s.ewma.cost())
+                .unwrap_or(f64::MAX)
+        };
+        order(list, cost, rand::random(), rand::random())
     }
 
     /// Forwards `fwd` to the best peer; idempotent functions are retried
@@ -331,5 +348,50 @@ impl Dispatcher {
             Ok(Ok(r)) if r.status == 503 => Attempt::MaybeSent("peer answered 503".into(), Some(r)),
             Ok(Ok(r)) => Attempt::Done(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::{Candidate, Class};
+
+    fn cand(edge: EdgeId, km: f64, class: Class) -> Candidate {
+        Candidate {
+            edge,
+            distance_km: km,
+            load: 0.0,
+            class,
+        }
+    }
+
+    #[test]
+    fn p2c_only_among_near_equal_candidates() {
+        // 1 and 2 are near-equal (1000 vs 1100 km); 3 is far; 4 is loaded.
+        let list = vec![
+            cand(1, 1000.0, Class::Preferred),
+            cand(2, 1100.0, Class::Preferred),
+            cand(3, 9000.0, Class::Preferred),
+            cand(4, 500.0, Class::OverThreshold),
+        ];
+        let cost = |e: EdgeId| if e == 2 { 1.0 } else { 10.0 };
+        for r1 in 0..8 {
+            for r2 in 0..8 {
+                let o = order(list.clone(), cost, r1, r2);
+                assert_eq!(o.len(), 4);
+                assert_eq!(o[0], 2, "the cheaper of the near pair wins");
+                assert_eq!(&o[1..], &[1, 3, 4], "the rest keep rank order");
+            }
+        }
+        // A far cheap candidate never jumps ahead of a near one.
+        let cost = |e: EdgeId| if e == 3 { 0.001 } else { 10.0 };
+        let o = order(
+            list[..1].iter().chain(&list[2..3]).copied().collect(),
+            cost,
+            1,
+            2,
+        );
+        assert_eq!(o, [1, 3]);
+        assert!(order(Vec::new(), cost, 0, 0).is_empty());
     }
 }
