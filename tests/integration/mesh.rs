@@ -771,3 +771,47 @@ async fn bench_forwarding_overhead() {
     let (l, f) = (pct(&mut times[0], 0.5), pct(&mut times[1], 0.5));
     eprintln!("forwarding overhead p50: {:?}", f.saturating_sub(l));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_idempotent_invocation_is_not_retried_once_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ports();
+    let path = write_topology(dir.path(), &p, "");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path).unwrap()
+            + r#"
+[[function]]
+name = "charge"
+edges = ["nyc", "sin"]
+executor = { kind = "command", command = ["sh", "-c", "sleep 1; cat"] }
+timeout_ms = 3000
+"#,
+    )
+    .unwrap();
+    let mut procs = Procs::start(path, dir.path());
+    wait_ready(&p, &procs).await;
+    let c = client();
+    let conn = c.connect(quic(0, &p), "localhost").await.expect("connect");
+    // Reaches nyc (fra's nearest host), which dies while running it.
+    let call = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = conn.invoke("charge", Bytes::from_static(b"once")).await;
+        (r, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    procs.kill(1);
+    let (r, took) = call.await.unwrap();
+    let r = r.expect("fra answers");
+    assert_eq!(r.status, 502, "{r:?}\n{}", procs.logs());
+    assert_eq!(r.header("fnroute-edge"), Some("fra"), "not re-run on sin");
+    let problem = r.problem().expect("problem+json");
+    assert_eq!(
+        problem["type"],
+        "https://fnroute.dev/problems/forward-failed"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "bounded by the deadline: {took:?}"
+    );
+}
