@@ -160,10 +160,11 @@ impl Fleet {
             tasks.spawn(frontdoor.serve(token.child_token()));
             if let Some(d) = &cx.dispatch {
                 use crate::mesh::ViewSource;
-                let prober = Arc::new(crate::mesh::probe::Prober {
-                    mesh: d.mesh.clone(),
-                    exec: cx.exec.clone(),
-                });
+                let prober = Arc::new(crate::mesh::probe::Prober::new(
+                    d.mesh.clone(),
+                    cx.exec.clone(),
+                    topology.edges.len(),
+                ));
                 tasks.spawn(prober.run(cx.view.clone(), token.child_token()));
             }
             contexts.push(cx);

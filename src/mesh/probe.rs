@@ -2,7 +2,7 @@
 //! `GET /health` over the pooled mTLS QUIC connection, records the round
 //! trip, runs the fall/rise hysteresis and publishes a new view.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,12 +12,26 @@ use tracing::Instrument;
 use super::{HealthReport, LiveView, Mesh, ViewSource};
 use crate::exec::Executors;
 use crate::frontdoor::client::Request;
+use crate::placement::EdgeState;
 
 /// All-pairs active probing (O(n²) over the fleet; see
 /// docs/ARCHITECTURE.md for the gossip source that replaces it at scale).
 pub struct Prober {
-    pub mesh: Arc<Mesh>,
-    pub exec: Arc<Executors>,
+    mesh: Arc<Mesh>,
+    exec: Arc<Executors>,
+    /// What the last round observed per edge (starts as the static view:
+    /// all up, idle).
+    seen: Mutex<Vec<EdgeState>>,
+}
+
+impl Prober {
+    pub fn new(mesh: Arc<Mesh>, exec: Arc<Executors>, edges: usize) -> Self {
+        Self {
+            mesh,
+            exec,
+            seen: Mutex::new(vec![EdgeState::default(); edges]),
+        }
+    }
 }
 
 /// How long one probe may take: the interval, but at least 500 ms so a
@@ -66,32 +80,44 @@ impl Prober {
     /// its executors (draining is sticky once set).
     fn publish(&self, view: &LiveView) {
         let me = self.mesh.edge;
-        let exec_load = self.exec.load();
-        let exec_draining = self.exec.is_draining();
-        let next_state = |id: usize, cur: &crate::placement::EdgeState| {
-            if id == me {
-                let mut s = cur.clone();
-                s.load = exec_load;
-                s.draining |= exec_draining;
-                s
-            } else {
-                self.mesh.peer_state(id).unwrap_or_else(|| cur.clone())
-            }
-        };
-        // A new generation only when something changed.
-        let changed = view
-            .load()
-            .edges
-            .iter()
-            .enumerate()
-            .any(|(id, cur)| next_state(id, cur) != *cur);
-        if !changed {
+        let observed: Vec<EdgeState> = (0..view.load().edges.len())
+            .map(|id| {
+                if id == me {
+                    EdgeState {
+                        healthy: true,
+                        draining: self.exec.is_draining(),
+                        load: self.exec.load(),
+                    }
+                } else {
+                    self.mesh.peer_state(id).unwrap_or_default()
+                }
+            })
+            .collect();
+        // Publish only what changed since the last observation, so other
+        // writers of the view (shutdown's draining flag, operators) are not
+        // overwritten by an unchanged probe result; no change, no new
+        // generation.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: Vec<usize> = (0..observed.len())
+            .filter(|&id| seen.get(id) != observed.get(id))
+            .collect();
+        *seen = observed.clone();
+        drop(seen);
+        if changed.is_empty() {
             return;
         }
         view.update(|v| {
             let mut next = v.clone();
-            for (id, state) in next.edges.iter_mut().enumerate() {
-                *state = next_state(id, state);
+            for &id in &changed {
+                let (Some(state), Some(obs)) = (next.edges.get_mut(id), observed.get(id)) else {
+                    continue;
+                };
+                if id == me {
+                    state.load = obs.load;
+                    state.draining |= obs.draining;
+                } else {
+                    *state = obs.clone();
+                }
             }
             next
         });
