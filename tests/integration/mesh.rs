@@ -202,6 +202,15 @@ impl Procs {
         self.children[i] = Some(child);
     }
 
+    /// The first edge whose process has exited, if any.
+    fn exited(&mut self) -> Option<usize> {
+        (0..3).find(|&i| {
+            self.children[i]
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        })
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
@@ -270,10 +279,13 @@ async fn invoke_once(
 }
 
 /// Waits until every edge answers and `resize` through fra succeeds.
-async fn wait_ready(p: &Ports, procs: &Procs) {
+async fn wait_ready(p: &Ports, procs: &mut Procs) -> Result<(), String> {
     let c = client();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
+        if let Some(i) = procs.exited() {
+            return Err(format!("{} exited", NAMES[i]));
+        }
         let mut ok = true;
         for i in 0..3 {
             if c.connect(quic(i, p), "localhost").await.is_err() {
@@ -286,15 +298,31 @@ async fn wait_ready(p: &Ports, procs: &Procs) {
                 Ok((200, _))
             )
         {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < until,
-            "edges did not start\n{}",
-            procs.logs()
-        );
+        if Instant::now() >= until {
+            return Err("edges did not start within 60 s".into());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Three edge processes on fresh ports, ready to serve. Ports are checked
+/// free and then released, so another test may grab one meanwhile: a
+/// process that exits at start (port taken) means new ports and a retry.
+async fn start_procs(dir: &Path, extra: &str, functions: &str) -> (Ports, Procs) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let p = ports();
+        let path = write_topology(dir, &p, extra);
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + functions).unwrap();
+        let mut procs = Procs::start(path, dir);
+        match wait_ready(&p, &mut procs).await {
+            Ok(()) => return (p, procs),
+            Err(e) => last = format!("{e}\n{}", procs.logs()),
+        }
+    }
+    panic!("edges did not start: {last}");
 }
 
 /// The A answer of fra's DNS for `resize.fn.test` (None on no answer).
@@ -523,10 +551,7 @@ const NYC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 12));
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_load_with_real_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ports();
-    let config = write_topology(dir.path(), &p, "");
-    let mut procs = Procs::start(config, dir.path());
-    wait_ready(&p, &procs).await;
+    let (p, mut procs) = start_procs(dir.path(), "", "").await;
     // From Frankfurt, resize (nyc, sin) is answered with nyc.
     assert!(
         wait_dns(&p, |a| a == Some(NYC), Duration::from_secs(10))
@@ -579,10 +604,7 @@ async fn failover_under_load_with_real_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_peer_is_marked_down_and_nothing_hangs() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ports();
-    let config = write_topology(dir.path(), &p, "");
-    let procs = Procs::start(config, dir.path());
-    wait_ready(&p, &procs).await;
+    let (p, procs) = start_procs(dir.path(), "", "").await;
     assert!(wait_dns(&p, |a| a == Some(NYC), Duration::from_secs(10))
         .await
         .is_some());
@@ -775,12 +797,10 @@ async fn bench_forwarding_overhead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_idempotent_invocation_is_not_retried_once_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ports();
-    let path = write_topology(dir.path(), &p, "");
-    std::fs::write(
-        &path,
-        std::fs::read_to_string(&path).unwrap()
-            + r#"
+    let (p, mut procs) = start_procs(
+        dir.path(),
+        "",
+        r#"
 [[function]]
 name = "charge"
 edges = ["nyc", "sin"]
@@ -788,9 +808,7 @@ executor = { kind = "command", command = ["sh", "-c", "sleep 1; cat"] }
 timeout_ms = 3000
 "#,
     )
-    .unwrap();
-    let mut procs = Procs::start(path, dir.path());
-    wait_ready(&p, &procs).await;
+    .await;
     let c = client();
     let conn = c.connect(quic(0, &p), "localhost").await.expect("connect");
     // Reaches nyc (fra's nearest host), which dies while running it.
