@@ -97,6 +97,21 @@ fn three_edges(dir: &Path, p: &Ports) -> Topology {
     t
 }
 
+/// `three_edges` served in this process, on fresh ports (retried when a
+/// port was taken between the check and the bind).
+async fn start_three(dir: &Path) -> (Ports, Arc<Topology>, Fleet) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let p = ports();
+        let t = Arc::new(three_edges(dir, &p));
+        match Fleet::start(t.clone(), &[0, 1, 2]).await {
+            Ok(f) => return (p, t, f),
+            Err(e) => last = format!("{e:#}"),
+        }
+    }
+    panic!("fleet did not start: {last}");
+}
+
 /// A topology file for real processes: command functions only, absolute
 /// paths, probing every 100 ms (fall 3, rise 2).
 fn write_topology(dir: &Path, p: &Ports, extra: &str) -> PathBuf {
@@ -351,9 +366,7 @@ async fn wait_dns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_to_the_only_host_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ports();
-    let t = Arc::new(three_edges(dir.path(), &p));
-    let fleet = Fleet::start(t.clone(), &[0, 1, 2]).await.expect("fleet");
+    let (p, _t, fleet) = start_three(dir.path()).await;
     let c = client();
     // hello is hosted on sin only; invoked on fra it runs on sin.
     let (status, edge) = invoke_once(&c, quic(0, &p), "hello", r#"{"name":"mesh"}"#)
@@ -371,9 +384,7 @@ async fn forwards_to_the_only_host_and_names_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_guards_health_and_internal_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ports();
-    let t = Arc::new(three_edges(dir.path(), &p));
-    let fleet = Fleet::start(t.clone(), &[0, 1, 2]).await.expect("fleet");
+    let (p, t, fleet) = start_three(dir.path()).await;
     let anon = client();
     let conn = anon
         .connect(quic(0, &p), "localhost")
