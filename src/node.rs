@@ -36,15 +36,30 @@ pub struct EdgeContext {
     /// This edge's response cache (cheap to clone; shared by the front
     /// door and the admin purge endpoint).
     pub cache: crate::frontdoor::cached::ResponseCache,
+    /// Forwarding to peers (None without a `[mesh]` in the topology).
+    pub dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
 }
 
 impl EdgeContext {
     /// The state of one edge: a fresh static view and started executor
     /// pools (call inside a tokio runtime).
     pub fn new(topology: Arc<Topology>, geo: Arc<GeoDb>, edge: EdgeId) -> anyhow::Result<Self> {
+        let view = Arc::new(LiveView::new(topology.clone()));
+        let dispatch = match &topology.mesh {
+            Some(m) => {
+                let mesh = crate::mesh::Mesh::new(&topology, m, edge)
+                    .with_context(|| format!("starting the mesh of edge {edge}"))?;
+                Some(Arc::new(crate::dispatch::Dispatcher::new(
+                    Arc::new(mesh),
+                    view.clone(),
+                )))
+            }
+            None => None,
+        };
         Ok(Self {
             edge,
-            view: Arc::new(LiveView::new(topology.clone())),
+            dispatch,
+            view,
             exec: Executors::start(topology.clone(), edge)
                 .with_context(|| format!("starting executors of edge {edge}"))?,
             dns_stats: Arc::new(crate::dns::DnsStats::new(
@@ -155,7 +170,25 @@ impl Fleet {
                 .with_context(|| format!("edge {}: http/3 front door", info.name))?;
             quic_addrs.push(frontdoor.local_addr());
             tasks.spawn(frontdoor.serve(token.child_token()));
+            if let Some(d) = &cx.dispatch {
+                use crate::mesh::ViewSource;
+                let prober = Arc::new(crate::mesh::probe::Prober::new(
+                    d.mesh.clone(),
+                    cx.exec.clone(),
+                    topology.edges.len(),
+                ));
+                tasks.spawn(prober.run(cx.view.clone(), token.child_token()));
+            }
             contexts.push(cx);
+        }
+        // Edges sharing this process reach each other at their bound
+        // addresses (which differ from the topology's when it says port 0).
+        for cx in &contexts {
+            if let Some(d) = &cx.dispatch {
+                for (other, addr) in contexts.iter().zip(&quic_addrs) {
+                    d.mesh.set_peer_addr(other.edge, *addr);
+                }
+            }
         }
         Ok(Self {
             topology,
@@ -184,6 +217,22 @@ impl Fleet {
                 state.draining = true;
                 v.with_edge(cx.edge, state)
             });
+        }
+        // With a mesh, keep serving while peers' probes see "draining" (so
+        // they stop forwarding here and their DNS stops handing this edge
+        // out), then stop taking work.
+        let announce = self
+            .edges
+            .iter()
+            .filter_map(|cx| cx.dispatch.as_ref())
+            .map(|d| {
+                let every = d.mesh.settings.probe_interval;
+                every * 2 + crate::mesh::probe::probe_timeout(every)
+            })
+            .max();
+        if let Some(wait) = announce {
+            tracing::info!(?wait, "draining: telling peers before stopping");
+            tokio::time::sleep(wait.min(grace)).await;
         }
         self.token.cancel();
         self.tasks.close();

@@ -80,6 +80,25 @@ pub enum Command {
         #[command(subcommand)]
         command: GeoCommand,
     },
+    /// Cluster certificates for mutual TLS between edges.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Create a development cluster CA and one certificate per edge
+    /// (`ca.pem`, `<edge>.pem`, `<edge>-key.pem`); not for production.
+    Dev {
+        /// Topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (default: the topology's `[mesh] cert_dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,6 +195,39 @@ pub fn main() -> ExitCode {
             all,
             grace,
         } => serve(config, node, all, grace),
+        Command::Cert {
+            command: CertCommand::Dev { config, out },
+        } => cert_dev(&config, out),
+    }
+}
+
+/// `fnroute cert dev`: writes a development cluster CA and edge certificates.
+fn cert_dev(config: &Path, out: Option<PathBuf>) -> ExitCode {
+    let topo = match config::load_without_mesh_files(config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(out) = out.or_else(|| topo.mesh.as_ref().map(|m| m.cert_dir.clone())) else {
+        eprintln!(
+            "fnroute: {} has no [mesh] cert_dir; pass --out DIR",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match crate::mesh::pki::generate_dev(&topo, &out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fnroute: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

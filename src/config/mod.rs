@@ -94,6 +94,22 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
 
 /// Validates topology text as if it had been read from `path` (relative
 /// paths inside it are resolved against `path`'s folder).
+/// Like `load`, but does not require the `[mesh]` certificate files to
+/// exist (for the command that creates them).
+pub fn load_without_mesh_files(path: &Path) -> Result<Topology, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read topology file: {e}"),
+            fix: Some("pass an existing TOML file with --config".into()),
+        }])
+    })?;
+    validate::validate_with(path, &text, false)
+}
+
 pub fn parse(path: &Path, text: &str) -> Result<Topology, ConfigErrors> {
     validate::validate(path, text)
 }

@@ -25,6 +25,9 @@ pub struct Topology {
     pub quic: QuicSettings,
     pub tls: Option<TlsFiles>,
     pub executors: ExecutorSettings,
+    /// The edge mesh (cluster PKI, probing, forwarding); None: every edge
+    /// stands alone (no probing, no forwarding).
+    pub mesh: Option<MeshSettings>,
     pub edges: Vec<Edge>,
     pub functions: Vec<Function>,
 }
@@ -65,6 +68,36 @@ pub struct QuicSettings {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `[mesh]`: the cluster CA, per-edge certificates and probing knobs.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// PEM file of the cluster CA.
+    pub ca: PathBuf,
+    /// Folder holding `<edge>.pem` and `<edge>-key.pem` per edge.
+    pub cert_dir: PathBuf,
+    pub probe_interval: Duration,
+    /// Consecutive failed probes before a peer is down.
+    pub fall: u32,
+    /// Consecutive good probes before a down peer is up again.
+    pub rise: u32,
+    /// Most edges an invocation may be forwarded through.
+    pub max_hops: u32,
+    /// Consecutive failed forwards before a peer is ejected.
+    pub eject_after: u32,
+}
+
+impl MeshSettings {
+    /// The certificate chain file of `edge`.
+    pub fn cert_file(&self, edge: &str) -> PathBuf {
+        self.cert_dir.join(format!("{edge}.pem"))
+    }
+
+    /// The private key file of `edge`.
+    pub fn key_file(&self, edge: &str) -> PathBuf {
+        self.cert_dir.join(format!("{edge}-key.pem"))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -30,6 +30,8 @@ pub(crate) struct RawTopology {
     #[serde(default)]
     pub(crate) executors: RawExecutors,
     #[serde(default)]
+    pub(crate) mesh: Option<RawMesh>,
+    #[serde(default)]
     pub(crate) edge: Vec<Spanned<RawEdge>>,
     #[serde(default)]
     pub(crate) function: Vec<Spanned<RawFunction>>,
@@ -85,6 +87,18 @@ pub(crate) struct RawQuic {
 pub(crate) struct RawTls {
     pub(crate) cert: Spanned<String>,
     pub(crate) key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMesh {
+    pub(crate) ca: Spanned<String>,
+    pub(crate) cert_dir: Spanned<String>,
+    pub(crate) probe_interval_ms: Option<Spanned<u64>>,
+    pub(crate) fall: Option<Spanned<u32>>,
+    pub(crate) rise: Option<Spanned<u32>>,
+    pub(crate) max_hops: Option<Spanned<u32>>,
+    pub(crate) eject_after: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

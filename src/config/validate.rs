@@ -83,6 +83,16 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors> {
+    validate_with(file, text, true)
+}
+
+/// `check_mesh_files` false skips the existence checks of the cluster CA
+/// and edge certificates (for `fnroute cert dev`, which creates them).
+pub(super) fn validate_with(
+    file: &Path,
+    text: &str,
+    check_mesh_files: bool,
+) -> Result<Topology, ConfigErrors> {
     let mut cx = Ctx {
         file,
         text,
@@ -163,6 +173,10 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors
 
     let edges = check_edges(&mut cx, &raw.edge);
     let functions = check_functions(&mut cx, &raw.function, &edges);
+    let mesh = raw
+        .mesh
+        .as_ref()
+        .map(|m| check_mesh(&mut cx, m, &edges, check_mesh_files));
 
     if cx.errors.is_empty() {
         Ok(Topology {
@@ -176,12 +190,95 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Topology, ConfigErrors
             quic,
             tls,
             executors,
+            mesh,
             edges,
             functions,
         })
     } else {
         Err(ConfigErrors(cx.errors))
     }
+}
+
+fn check_mesh(cx: &mut Ctx<'_>, m: &RawMesh, edges: &[Edge], check_files: bool) -> MeshSettings {
+    let fix_certs = || {
+        Some(
+            "create the cluster CA and edge certificates with `fnroute cert dev --config <this file>`"
+                .to_string(),
+        )
+    };
+    let ca = cx.resolve(m.ca.get_ref());
+    let cert_dir = cx.resolve(m.cert_dir.get_ref());
+    let mut positive = |v: &Option<Spanned<u32>>, key: &str, default: u32| match v {
+        Some(s) if *s.get_ref() == 0 => {
+            cx.err(
+                Some(s.span()),
+                format!("mesh.{key}"),
+                "must be at least 1",
+                Some(format!("set mesh.{key} to 1 or more (default {default})")),
+            );
+            default
+        }
+        Some(s) => *s.get_ref(),
+        None => default,
+    };
+    let fall = positive(&m.fall, "fall", 3);
+    let rise = positive(&m.rise, "rise", 2);
+    let max_hops = positive(&m.max_hops, "max_hops", 3);
+    let eject_after = positive(&m.eject_after, "eject_after", 7);
+    let probe_interval = match &m.probe_interval_ms {
+        Some(s) if !(10..=60_000).contains(s.get_ref()) => {
+            cx.err(
+                Some(s.span()),
+                "mesh.probe_interval_ms",
+                format!("{} ms is outside 10..=60000", s.get_ref()),
+                Some("probe peers every 10 ms to 60 s (default 1000)".into()),
+            );
+            Duration::from_secs(1)
+        }
+        Some(s) => Duration::from_millis(*s.get_ref()),
+        None => Duration::from_secs(1),
+    };
+    let settings = MeshSettings {
+        ca,
+        cert_dir,
+        probe_interval,
+        fall,
+        rise,
+        max_hops,
+        eject_after,
+    };
+    if check_files {
+        if !settings.ca.is_file() {
+            cx.err(
+                Some(m.ca.span()),
+                "mesh.ca",
+                format!("cluster CA {} does not exist", settings.ca.display()),
+                fix_certs(),
+            );
+        }
+        if !settings.cert_dir.is_dir() {
+            cx.err(
+                Some(m.cert_dir.span()),
+                "mesh.cert_dir",
+                format!("{} is not a directory", settings.cert_dir.display()),
+                fix_certs(),
+            );
+        } else {
+            for e in edges {
+                for p in [settings.cert_file(&e.name), settings.key_file(&e.name)] {
+                    if !p.is_file() {
+                        cx.err(
+                            Some(m.cert_dir.span()),
+                            "mesh.cert_dir",
+                            format!("{} (edge {}) does not exist", p.display(), e.name),
+                            fix_certs(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    settings
 }
 
 fn check_zone(cx: &mut Ctx<'_>, zone: &Spanned<String>) -> String {

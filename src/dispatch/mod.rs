@@ -1,9 +1,397 @@
 //! Where an invocation runs: locally, or on the best peer.
 //!
-//! The pure building blocks live here today: peak-EWMA and power-of-two
-//! choices (`balance`), the retry budget (`budget`) and passive outlier
-//! ejection (`eject`). They take `now` and do no I/O.
+//! The pure building blocks take `now` and do no I/O: peak-EWMA and
+//! power-of-two choices (`balance`), the retry budget (`budget`) and
+//! passive outlier ejection (`eject`). `Dispatcher` combines them with the
+//! live view and the mesh's pooled peer connections: candidate choice,
+//! forwarding with hop count and remaining deadline, retries of idempotent
+//! functions on another edge, and ejection of failing peers.
 
 pub mod balance;
 pub mod budget;
 pub mod eject;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::config::{EdgeId, Function};
+use crate::exec::Executors;
+use crate::frontdoor::client::{ClientError, Reply, Request};
+use crate::mesh::{LiveView, Mesh};
+use crate::placement::{self, Class};
+use budget::RetryBudget;
+use eject::EjectionPolicy;
+
+/// Internal headers: honoured only from authenticated cluster peers and
+/// never taken from clients.
+pub const HOP_HEADER: &str = "fnroute-hop";
+pub const DEADLINE_HEADER: &str = "fnroute-deadline-ms";
+pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
+pub const TRACE_HEADER: &str = "traceparent";
+/// Reserved for the route stack (function source routing).
+pub const ROUTE_HEADER: &str = "fnroute-route";
+/// Every internal header.
+pub const INTERNAL_HEADERS: [&str; 5] = [
+    HOP_HEADER,
+    DEADLINE_HEADER,
+    REQUEST_ID_HEADER,
+    TRACE_HEADER,
+    ROUTE_HEADER,
+];
+
+/// Candidates within this factor (plus a fixed margin) of the nearest one
+/// are "near-equal" and chosen between by power of two choices.
+const NEAR_FACTOR: f64 = 1.25;
+const NEAR_MARGIN_KM: f64 = 300.0;
+
+/// Why an invocation could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no healthy edge hosts function {0:?}")]
+    NoEdge(String),
+    #[error("hop limit of {0} reached")]
+    HopLimit(u32),
+    #[error("deadline passed while forwarding")]
+    Deadline,
+    #[error("forwarding to {peer} failed: {message}")]
+    Failed { peer: String, message: String },
+}
+
+/// One invocation to forward.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub function: String,
+    pub payload: Bytes,
+    pub deadline: Instant,
+    /// Hops this request has made so far (0 from a client).
+    pub hops: u32,
+    pub request_id: String,
+    pub trace: Option<String>,
+    /// Edges never to forward to (e.g. the one this request came from).
+    pub exclude: Vec<EdgeId>,
+}
+
+/// Local-or-forward decisions and forwarding with retries for one edge.
+pub struct Dispatcher {
+    pub mesh: Arc<Mesh>,
+    pub view: Arc<LiveView>,
+    budget: Mutex<RetryBudget>,
+    policy: EjectionPolicy,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("mesh", &self.mesh)
+            .finish()
+    }
+}
+
+/// Orders ranked candidates (best first): the first is chosen by power of
+/// two choices over `cost` among those near-equal to the best (same class,
+/// distance within `NEAR_FACTOR` × best + `NEAR_MARGIN_KM`); the rest keep
+/// their rank order. Pure: randomness comes in as `r1`, `r2`.
+pub fn order(
+    mut list: Vec<placement::Candidate>,
+    cost: impl Fn(EdgeId) -> f64,
+    r1: u64,
+    r2: u64,
+) -> Vec<EdgeId> {
+    if let Some(best) = list.first().copied() {
+        let near = list
+            .iter()
+            .take_while(|c| {
+                c.class == best.class
+                    && c.distance_km <= best.distance_km * NEAR_FACTOR + NEAR_MARGIN_KM
+            })
+            .count();
+        let pick = balance::p2c(near, r1, r2, |i| {
+            list.get(i).map(|c| cost(c.edge)).unwrap_or(f64::MAX)
+        });
+        if let Some(pick) = pick {
+            let chosen = list.remove(pick);
+            list.insert(0, chosen);
+        }
+    }
+    list.into_iter().map(|c| c.edge).collect()
+}
+
+/// How one forward attempt ended.
+enum Attempt {
+    Done(Reply),
+    /// Failed before the request could have reached the peer.
+    NotSent(String),
+    /// Failed after it may have reached the peer (reset, timeout, 503).
+    MaybeSent(String, Option<Reply>),
+}
+
+impl Dispatcher {
+    pub fn new(mesh: Arc<Mesh>, view: Arc<LiveView>) -> Self {
+        let policy = EjectionPolicy {
+            threshold: mesh.settings.eject_after,
+            ..EjectionPolicy::default()
+        };
+        Self {
+            mesh,
+            view,
+            budget: Mutex::new(RetryBudget::default()),
+            policy,
+        }
+    }
+
+    pub fn max_hops(&self) -> u32 {
+        self.mesh.settings.max_hops
+    }
+
+    /// Whether the local pool of `f` is full (running plus queued at the
+    /// concurrency limit plus the queue), so new work should go elsewhere.
+    pub fn saturated(exec: &Executors, f: &Function, queue: u32) -> bool {
+        exec.stats()
+            .iter()
+            .find(|s| s.function == f.name)
+            .is_some_and(|s| s.busy + s.queued >= (f.concurrency_max + queue) as usize)
+    }
+
+    /// Healthy, non-draining, non-ejected peers hosting `f`, best first:
+    /// ranked from this edge's location by class and distance, the first
+    /// picked by P2C over peak-EWMA among near-equal candidates.
+    pub fn candidates(&self, f: &Function, exclude: &[EdgeId], now: Instant) -> Vec<EdgeId> {
+        let view = self.view.load();
+        let Some(here) = view.topology.edges.get(self.mesh.edge).map(|e| e.location) else {
+            return Vec::new();
+        };
+        let ranking = placement::rank(&view, &f.edges, here);
+        let list: Vec<placement::Candidate> = ranking
+            .candidates
+            .into_iter()
+            .filter(|c| {
+                c.edge != self.mesh.edge
+                    && !exclude.contains(&c.edge)
+                    && c.class < Class::Draining
+                    && !self
+                        .mesh
+                        .with_stats(c.edge, |s| s.outlier.is_ejected(now))
+                        .unwrap_or(true)
+            })
+            .collect();
+        let cost = |edge: EdgeId| {
+            self.mesh
+                .with_stats(edge, |s| s.ewma.cost())
+                .unwrap_or(f64::MAX)
+        };
+        order(list, cost, rand::random(), rand::random())
+    }
+
+    /// Forwards `fwd` to the best peer; idempotent functions are retried
+    /// on the next candidate after a connection failure, reset, timeout
+    /// or 503, within the retry budget. Non-idempotent ones are retried
+    /// only when the request cannot have reached the peer.
+    pub async fn forward(&self, f: &Function, mut fwd: Forward) -> Result<Reply, DispatchError> {
+        if fwd.hops >= self.max_hops() {
+            return Err(DispatchError::HopLimit(self.max_hops()));
+        }
+        let now = Instant::now();
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deposit(now);
+        let mut last: Option<DispatchError> = None;
+        let mut last_reply: Option<Reply> = None;
+        let mut first = true;
+        loop {
+            let now = Instant::now();
+            if now >= fwd.deadline {
+                return match last_reply {
+                    Some(r) => Ok(r),
+                    None => Err(last.unwrap_or(DispatchError::Deadline)),
+                };
+            }
+            let Some(peer) = self.candidates(f, &fwd.exclude, now).first().copied() else {
+                return match (last_reply, last) {
+                    (Some(r), _) => Ok(r),
+                    (None, Some(e)) => Err(e),
+                    (None, None) => Err(DispatchError::NoEdge(f.name.clone())),
+                };
+            };
+            if !first
+                && !self
+                    .budget
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .try_withdraw(now)
+            {
+                tracing::debug!(function = %f.name, "retry budget exhausted");
+                return match (last_reply, last) {
+                    (Some(r), _) => Ok(r),
+                    (_, Some(e)) => Err(e),
+                    (None, None) => Err(DispatchError::NoEdge(f.name.clone())),
+                };
+            }
+            first = false;
+            fwd.exclude.push(peer);
+            // Leave time for a retry elsewhere when one is allowed and
+            // another candidate exists.
+            let remaining = fwd.deadline.saturating_duration_since(now);
+            let more = f.idempotent && !self.candidates(f, &fwd.exclude, now).is_empty();
+            let attempt_deadline = if more {
+                now + remaining / 2
+            } else {
+                fwd.deadline
+            };
+            let name = self.mesh.peer_name(peer).to_string();
+            match self.attempt(peer, &fwd, attempt_deadline).await {
+                Attempt::Done(reply) => return Ok(reply),
+                Attempt::NotSent(message) => {
+                    tracing::debug!(peer = %name, %message, "forward not sent; trying the next edge");
+                    last = Some(DispatchError::Failed {
+                        peer: name,
+                        message,
+                    });
+                }
+                Attempt::MaybeSent(message, reply) => {
+                    tracing::debug!(peer = %name, %message, idempotent = f.idempotent, "forward failed");
+                    let err = DispatchError::Failed {
+                        peer: name,
+                        message,
+                    };
+                    if !f.idempotent {
+                        return match reply {
+                            Some(r) => Ok(r),
+                            None => Err(err),
+                        };
+                    }
+                    if reply.is_some() {
+                        last_reply = reply;
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, peer: EdgeId, fwd: &Forward, deadline: Instant) -> Attempt {
+        let mesh = &self.mesh;
+        let now = Instant::now();
+        // After an ejection's backoff, exactly one request probes the peer.
+        if !mesh
+            .with_stats(peer, |s| s.outlier.admit(now))
+            .unwrap_or(false)
+        {
+            return Attempt::NotSent("peer is ejected".into());
+        }
+        mesh.with_stats(peer, |s| s.ewma.start());
+        let started = Instant::now();
+        let outcome = self.send(peer, fwd, deadline).await;
+        let took = started.elapsed();
+        let jitter: f64 = rand::random();
+        let policy = self.policy;
+        let name = mesh.peer_name(peer).to_string();
+        mesh.with_stats(peer, |s| {
+            s.ewma.finish();
+            match &outcome {
+                Attempt::Done(r) if r.status == 429 || r.status == 503 => {
+                    // Load, not failure: neither ejects nor restores.
+                    s.ewma.observe(took, Instant::now());
+                }
+                Attempt::Done(_) => {
+                    s.ewma.observe(took, Instant::now());
+                    s.outlier.success();
+                }
+                Attempt::MaybeSent(_, Some(_)) => {}
+                Attempt::NotSent(_) | Attempt::MaybeSent(_, None) => {
+                    s.ewma.observe(took.max(Duration::from_secs(1)), Instant::now());
+                    if let Some(backoff) = s.outlier.failure(policy, now, jitter) {
+                        tracing::warn!(peer = %name, ?backoff, "peer ejected after consecutive forward failures");
+                    }
+                }
+            }
+        });
+        outcome
+    }
+
+    async fn send(&self, peer: EdgeId, fwd: &Forward, deadline: Instant) -> Attempt {
+        let conn = match tokio::time::timeout_at(deadline, self.mesh.connection(peer)).await {
+            Err(_) => return Attempt::NotSent("connect timed out".into()),
+            Ok(Err(e)) => return Attempt::NotSent(e.to_string()),
+            Ok(Ok(c)) => c,
+        };
+        if conn.quic().close_reason().is_some() {
+            self.mesh.drop_connection(peer, &conn);
+            return Attempt::NotSent("connection closed".into());
+        }
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        let mut req = Request::invoke(&fwd.function, fwd.payload.clone())
+            .header(HOP_HEADER, &(fwd.hops + 1).to_string())
+            .header(DEADLINE_HEADER, &remaining.to_string())
+            .header(REQUEST_ID_HEADER, &fwd.request_id);
+        if let Some(t) = &fwd.trace {
+            req = req.header(TRACE_HEADER, t);
+        }
+        match tokio::time::timeout_at(deadline, conn.send(req)).await {
+            Err(_) => Attempt::MaybeSent("timed out".into(), None),
+            Ok(Err(e)) => {
+                if conn.quic().close_reason().is_some() {
+                    self.mesh.drop_connection(peer, &conn);
+                }
+                match e {
+                    // Opening the stream failed: nothing reached the peer.
+                    ClientError::Connect { .. } => Attempt::NotSent(e.to_string()),
+                    e => Attempt::MaybeSent(e.to_string(), None),
+                }
+            }
+            Ok(Ok(r)) if r.status == 503 => Attempt::MaybeSent("peer answered 503".into(), Some(r)),
+            Ok(Ok(r)) => Attempt::Done(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::{Candidate, Class};
+
+    fn cand(edge: EdgeId, km: f64, class: Class) -> Candidate {
+        Candidate {
+            edge,
+            distance_km: km,
+            load: 0.0,
+            class,
+        }
+    }
+
+    #[test]
+    fn p2c_only_among_near_equal_candidates() {
+        // 1 and 2 are near-equal (1000 vs 1100 km); 3 is far; 4 is loaded.
+        let list = vec![
+            cand(1, 1000.0, Class::Preferred),
+            cand(2, 1100.0, Class::Preferred),
+            cand(3, 9000.0, Class::Preferred),
+            cand(4, 500.0, Class::OverThreshold),
+        ];
+        let cost = |e: EdgeId| if e == 2 { 1.0 } else { 10.0 };
+        for r1 in 0..8 {
+            for r2 in 0..8 {
+                let o = order(list.clone(), cost, r1, r2);
+                assert_eq!(o.len(), 4);
+                assert_eq!(o[0], 2, "the cheaper of the near pair wins");
+                assert_eq!(&o[1..], &[1, 3, 4], "the rest keep rank order");
+            }
+        }
+        // A far cheap candidate never jumps ahead of a near one.
+        let cost = |e: EdgeId| if e == 3 { 0.001 } else { 10.0 };
+        let o = order(
+            list[..1].iter().chain(&list[2..3]).copied().collect(),
+            cost,
+            1,
+            2,
+        );
+        assert_eq!(o, [1, 3]);
+        assert!(order(Vec::new(), cost, 0, 0).is_empty());
+    }
+}

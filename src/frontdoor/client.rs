@@ -89,6 +89,14 @@ impl Client {
         Ok(Self { endpoint })
     }
 
+    /// A client with a ready-made QUIC client configuration (the mesh uses
+    /// this for mutual TLS between edges).
+    pub fn with_config(config: quinn::ClientConfig, bind: SocketAddr) -> Result<Self, ClientError> {
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?;
+        endpoint.set_default_client_config(config);
+        Ok(Self { endpoint })
+    }
+
     /// Connects (full handshake) to `addr`, presenting `server_name` as SNI.
     pub async fn connect(
         &self,

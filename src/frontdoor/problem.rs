@@ -28,6 +28,14 @@ pub enum ProblemKind {
     BadRequest,
     BodyTimeout,
     Internal,
+    /// Only authenticated cluster peers may use this resource.
+    Forbidden,
+    /// The forwarding hop limit was reached.
+    HopLimit,
+    /// No healthy edge can run the function.
+    NoEdge,
+    /// Forwarding to a peer edge failed.
+    ForwardFailed,
 }
 
 impl ProblemKind {
@@ -47,6 +55,10 @@ impl ProblemKind {
             Self::BadRequest => "bad-request",
             Self::BodyTimeout => "body-read-timeout",
             Self::Internal => "internal",
+            Self::Forbidden => "forbidden",
+            Self::HopLimit => "hop-limit",
+            Self::NoEdge => "no-healthy-edge",
+            Self::ForwardFailed => "forward-failed",
         }
     }
 
@@ -63,6 +75,10 @@ impl ProblemKind {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::HopLimit => StatusCode::LOOP_DETECTED,
+            Self::NoEdge => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ForwardFailed => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -82,6 +98,10 @@ impl ProblemKind {
             Self::BadRequest => "bad request",
             Self::BodyTimeout => "request body too slow",
             Self::Internal => "internal error",
+            Self::Forbidden => "forbidden",
+            Self::HopLimit => "hop limit reached",
+            Self::NoEdge => "no healthy edge",
+            Self::ForwardFailed => "forwarding failed",
         }
     }
 }

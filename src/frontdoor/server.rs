@@ -64,7 +64,8 @@ pub(crate) fn bind(
     let edge_name = edge.name.clone();
     let capacity = edge.capacity as usize;
 
-    let tls = tls::server_config(cert, settings.enable_0rtt)?;
+    let cluster = cx.dispatch.as_ref().map(|d| &d.mesh.cluster);
+    let tls = tls::server_config_with(cert, settings.enable_0rtt, cluster)?;
     let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
     let mut transport = quinn::TransportConfig::default();
@@ -311,7 +312,19 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                     // and only idempotent functions may run from it (others
                     // get 425 and the client retries after the handshake).
                     let early = handshake.is_some();
-                    requests.spawn(request(shared.clone(), resolver, early));
+                    // An authenticated cluster peer (its certificate chained
+                    // to the cluster CA in the handshake); known only once
+                    // the handshake completed.
+                    let peer = if early {
+                        None
+                    } else {
+                        shared
+                            .cx
+                            .dispatch
+                            .as_ref()
+                            .and_then(|d| d.mesh.cluster.peer_edge(&conn))
+                    };
+                    requests.spawn(request(shared.clone(), resolver, early, peer));
                 }
                 Next::Request(Ok(None)) => break,
                 Next::Request(Err(e)) => {
@@ -355,6 +368,7 @@ async fn request(
     shared: Arc<Shared>,
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     early: bool,
+    peer: Option<String>,
 ) {
     let started = Instant::now();
     let read_deadline = started + shared.settings.body_read_timeout;
@@ -370,14 +384,29 @@ async fn request(
                 return;
             }
         };
-    let id = request_id();
+    // Internal headers count only from authenticated peers.
+    let id = peer
+        .as_ref()
+        .and_then(|_| req.headers().get(crate::dispatch::REQUEST_ID_HEADER))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(request_id);
     let name = match limits::route(req.method(), req.uri().path()) {
         Route::Invoke(n) => n.to_ascii_lowercase(),
         _ => String::new(),
     };
-    let span = tracing::debug_span!("invoke", r#fn = %name, req = %id, edge = %shared.edge_name);
+    let span = tracing::debug_span!("invoke", r#fn = %name, req = %id, edge = %shared.edge_name, peer = ?peer);
     async {
-        let result = handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline).await;
+        let result = if req.uri().path() == "/health" {
+            health(&shared, &req, &mut stream, peer.as_deref())
+        } else {
+            handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline, peer.as_deref()).await
+        };
         let sent = match result {
             Ok(resp) => send(&mut stream, resp.0, resp.1).await,
             Err(problem) => {
@@ -406,6 +435,7 @@ async fn handle(
     early: bool,
     started: Instant,
     read_deadline: Instant,
+    peer: Option<&str>,
 ) -> Result<Reply, Problem> {
     let edge = &shared.edge_name;
     match limits::route(req.method(), req.uri().path()) {
@@ -426,7 +456,11 @@ async fn handle(
             ));
         }
     }
-    let Some(function) = shared.cx.exec.function(name) else {
+    let local = shared.cx.exec.function(name);
+    let dispatch = shared.cx.dispatch.as_deref();
+    // With a mesh, functions hosted elsewhere are forwarded.
+    let function = local.or_else(|| dispatch.and(shared.cx.topology.function(name)));
+    let Some(function) = function else {
         let detail = if shared.cx.topology.function(name).is_some() {
             format!("function {name:?} is not hosted on edge {edge:?}")
         } else {
@@ -448,6 +482,19 @@ async fn handle(
             .map(|v| v.as_bytes()),
     )
     .map_err(|d| Problem::new(ProblemKind::BadRequest, d).function(name))?;
+    // A forwarding peer passes the time its caller has left.
+    let internal = |h: &str| {
+        peer.and_then(|_| req.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let timeout = match internal(crate::dispatch::DEADLINE_HEADER) {
+        Some(ms) => timeout.min(Duration::from_millis(ms.max(1))),
+        None => timeout,
+    };
+    let hops = internal(crate::dispatch::HOP_HEADER)
+        .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
+        .unwrap_or(0);
     let max = shared.settings.max_payload_bytes;
     let too_large = |n: u64| {
         Problem::new(
@@ -486,16 +533,48 @@ async fn handle(
         })?;
 
     let deadline = Instant::now() + timeout;
-    let inv = Invocation {
+    let trace = peer
+        .and_then(|_| req.headers().get(crate::dispatch::TRACE_HEADER))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let exclude: Vec<usize> = peer
+        .and_then(|p| shared.cx.topology.edge_id(p))
+        .into_iter()
+        .collect();
+    let forward = |payload: Bytes| crate::dispatch::Forward {
         function: function.name.clone(),
         payload,
         deadline,
+        hops,
         request_id: id.to_string(),
-        trace: req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        trace: trace.clone(),
+        exclude: exclude.clone(),
+    };
+    // Local when hosted here and the pool has room (or the hop limit
+    // leaves no choice); otherwise the best peer.
+    let run_local = match (local, dispatch) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(f), Some(d)) => {
+            hops >= d.max_hops()
+                || !crate::dispatch::Dispatcher::saturated(
+                    &shared.cx.exec,
+                    f,
+                    shared.cx.topology.executors.queue,
+                )
+        }
+    };
+    if !run_local {
+        if let Some(d) = dispatch {
+            return forwarded(d, function, forward(payload), id).await;
+        }
+    }
+    let inv = Invocation {
+        function: function.name.clone(),
+        payload: payload.clone(),
+        deadline,
+        request_id: id.to_string(),
+        trace: trace.clone(),
     };
     // The cache is consulted before admission and execution: a hit never
     // touches an executor. Only functions with a cache policy get a key.
@@ -512,7 +591,7 @@ async fn handle(
         let kind = function.executor.kind;
         move || execute(shared, inv, kind, timeout, started)
     };
-    let (reply, status, age) = match key {
+    let (result, status, age) = match key {
         Some(key) => {
             let f = shared
                 .cx
@@ -520,9 +599,16 @@ async fn handle(
                 .fetch(key, function.cache.as_ref(), run)
                 .await;
             let age = f.age_secs();
-            (f.result?, Some(f.status), age)
+            (f.result, Some(f.status), age)
         }
-        None => (run().await?, None, 0),
+        None => (run().await, None, 0),
+    };
+    let reply = match (result, dispatch) {
+        // Spill-over: the pool filled up meanwhile; try a peer.
+        (Err(p), Some(d)) if p.kind == ProblemKind::FunctionSaturated && hops < d.max_hops() => {
+            return forwarded(d, function, forward(payload), id).await;
+        }
+        (r, _) => r?,
     };
     let timing = match status {
         Some(s @ (CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Coalesced)) => format!(
@@ -585,6 +671,7 @@ async fn execute(
     let deadline = inv.deadline;
     // The executor enforces the deadline; the slack only guards against
     // an executor that does not.
+    let ran = Instant::now();
     let out = match tokio::time::timeout_at(
         deadline + Duration::from_millis(500),
         shared.cx.exec.invoke(inv),
@@ -595,6 +682,9 @@ async fn execute(
         Err(_) => Err(crate::exec::ExecError::Timeout(timeout)),
     }
     .map_err(|e| Problem::from_exec(&name, &e))?;
+    if let Some(d) = shared.cx.dispatch.as_deref() {
+        d.mesh.record_latency(&name, ran.elapsed());
+    }
     let content_type = out
         .content_type
         .as_deref()
@@ -613,6 +703,82 @@ async fn execute(
         timing,
         directive,
     })
+}
+
+/// Forwards to a peer and relays its answer (status, body, content type,
+/// retry-after and the `fnroute-edge` of the edge that ran it).
+async fn forwarded(
+    d: &crate::dispatch::Dispatcher,
+    function: &crate::config::Function,
+    fwd: crate::dispatch::Forward,
+    id: &str,
+) -> Result<Reply, Problem> {
+    use crate::dispatch::DispatchError;
+    let name = function.name.as_str();
+    let reply = d.forward(function, fwd).await.map_err(|e| {
+        let kind = match &e {
+            DispatchError::NoEdge(_) => ProblemKind::NoEdge,
+            DispatchError::HopLimit(_) => ProblemKind::HopLimit,
+            DispatchError::Deadline => ProblemKind::DeadlineExceeded,
+            DispatchError::Failed { .. } => ProblemKind::ForwardFailed,
+        };
+        let p = Problem::new(kind, e.to_string()).function(name);
+        if kind == ProblemKind::NoEdge {
+            p.retry_after(Duration::from_secs(1))
+        } else {
+            p
+        }
+    })?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
+    let mut b = base_response(status, &ran_on, id).header(header::CONTENT_LENGTH, reply.body.len());
+    for h in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
+        if let Some(v) = reply.headers.get(&h) {
+            b = b.header(h, v.clone());
+        }
+    }
+    if let Some(v) = reply.headers.get("server-timing") {
+        b = b.header("server-timing", v.clone());
+    }
+    let head = b
+        .body(())
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    Ok((head, reply.body))
+}
+
+/// `GET /health`: this edge's load and state, for authenticated cluster
+/// peers only.
+fn health(
+    shared: &Shared,
+    req: &http::Request<()>,
+    stream: &mut Stream,
+    peer: Option<&str>,
+) -> Result<Reply, Problem> {
+    // No stop_sending: see `request` (h3-quinn); dropping the stream does it.
+    let _ = stream;
+    let Some(d) = shared.cx.dispatch.as_deref().filter(|_| peer.is_some()) else {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            "/health is only for cluster peers with a certificate from the cluster CA",
+        ));
+    };
+    if req.method() != http::Method::GET {
+        return Err(Problem::new(
+            ProblemKind::MethodNotAllowed,
+            format!("method {} is not allowed; use GET", req.method()),
+        ));
+    }
+    let report = d.mesh.report(&shared.cx.exec, &shared.cx.view);
+    let body = Bytes::from(
+        serde_json::to_vec(&report)
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?,
+    );
+    let head = base_response(StatusCode::OK, &shared.edge_name, "")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(())
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    Ok((head, body))
 }
 
 enum BodyError {

@@ -81,9 +81,14 @@ pub fn dev_cert_names(topology: &Topology) -> Vec<String> {
 
 /// The rustls server configuration (TLS 1.3, ALPN h3; early data allowed
 /// at the TLS level when `enable_0rtt`, gated per function above it).
-pub(crate) fn server_config(
+/// With a `[mesh]`, mutual TLS when the topology has a `[mesh]`:
+/// client certificates are optional and, when given, must chain to the
+/// cluster CA; peers asking for this edge's name get its cluster
+/// certificate.
+pub(crate) fn server_config_with(
     files: &CertFiles,
     enable_0rtt: bool,
+    cluster: Option<&crate::mesh::pki::Cluster>,
 ) -> Result<rustls::ServerConfig, FrontdoorError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -97,12 +102,28 @@ pub(crate) fn server_config(
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| FrontdoorError::Tls(format!("reading {}: {e}", files.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| FrontdoorError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.cert.display())))?;
+        .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+    let mut tls = match cluster {
+        None => builder
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.cert.display())))?,
+        Some(cluster) => {
+            let signing = provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.key.display())))?;
+            let public = Arc::new(rustls::sign::CertifiedKey::new(certs, signing));
+            let verifier = cluster
+                .client_verifier()
+                .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(cluster.resolver(public))
+        }
+    };
     tls.alpn_protocols = vec![b"h3".to_vec()];
     // QUIC allows only 0 or u32::MAX here.
     tls.max_early_data_size = if enable_0rtt { u32::MAX } else { 0 };

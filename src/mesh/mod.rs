@@ -1,9 +1,12 @@
 //! The live view every edge keeps of the fleet.
 //!
 //! `mesh` owns the current `placement::View` and swaps it atomically; DNS
-//! and dispatch read it without locks. Until active probing lands, the view
-//! holds the static topology (every edge up and idle); updates go through
-//! `LiveView::update`, which always publishes a new generation.
+//! and dispatch read it without locks. Without `[mesh]` in the topology the
+//! view holds the static topology (every edge up and idle). With it, each
+//! edge has a `Mesh`: its cluster identity (`pki`), one pooled mTLS HTTP/3
+//! connection per peer, and per-peer health, RTT and ejection state; the
+//! `probe::Prober` (a `ViewSource`) probes every peer's `GET /health` and
+//! publishes a new generation when something changed.
 
 pub mod health;
 
@@ -45,5 +48,310 @@ impl LiveView {
             next.generation = cur.generation + 1;
             Arc::new(next)
         });
+    }
+}
+
+pub mod pki;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EdgeId, MeshSettings};
+use crate::dispatch::balance::{PeakEwma, DEFAULT_DECAY};
+use crate::dispatch::eject::Outlier;
+use crate::exec::Executors;
+use crate::frontdoor::client::{Client, ClientError, Connection};
+use crate::placement::EdgeState;
+use health::{Hysteresis, PeerHealth};
+
+/// Where the live view's peer state comes from. Today: all-pairs active
+/// probing (`probe::Prober`); at hundreds of edges, a gossip source
+/// (docs/ARCHITECTURE.md) implements the same trait.
+#[async_trait::async_trait]
+pub trait ViewSource: Send + Sync {
+    /// Publishes peer state into `view` until `token` is cancelled.
+    async fn run(
+        self: std::sync::Arc<Self>,
+        view: std::sync::Arc<LiveView>,
+        token: CancellationToken,
+    );
+}
+
+/// Why the mesh of an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cluster pki: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("mesh client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// `GET /health` of an edge, answered to authenticated peers only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub edge: String,
+    pub draining: bool,
+    /// In-flight invocations as a share of the edge's capacity.
+    pub load: f64,
+    pub functions: Vec<FunctionLoad>,
+}
+
+/// The load of one function's pool on the reporting edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionLoad {
+    pub function: String,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub capacity: u32,
+    /// Recent (EWMA) local run latency in milliseconds, if any ran.
+    pub latency_ms: Option<f64>,
+}
+
+/// What this edge knows about one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    pub health: PeerHealth,
+    /// Probe and forward round trips (peak-EWMA, with pending forwards).
+    pub ewma: PeakEwma,
+    /// Passive ejection from forwarded request outcomes.
+    pub outlier: Outlier,
+    pub last_report: Option<HealthReport>,
+    pub last_rtt: Option<Duration>,
+}
+
+struct Peer {
+    name: String,
+    /// The configured `quic_listen`, or the bound address when the peer
+    /// runs in this process (`set_peer_addr`).
+    addr: Mutex<SocketAddr>,
+    conn: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
+    stats: Mutex<PeerStats>,
+}
+
+/// The mesh side of one edge: cluster identity, the pooled mTLS
+/// connections to every peer and what is known about each peer.
+pub struct Mesh {
+    pub edge: EdgeId,
+    pub edge_name: String,
+    pub settings: MeshSettings,
+    pub cluster: pki::Cluster,
+    client: Client,
+    /// Indexed by `EdgeId`; this edge's own slot is never used.
+    peers: Vec<Peer>,
+    /// Recent local run latency per function (ms, EWMA).
+    latency: Mutex<HashMap<String, f64>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("edge", &self.edge_name)
+            .finish()
+    }
+}
+
+/// Initial RTT estimate of a peer before any probe (linkerd's default).
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+impl Mesh {
+    /// Loads the cluster material and binds the mesh client on the edge's
+    /// QUIC listen IP (call inside a tokio runtime).
+    pub fn new(
+        topology: &crate::config::Topology,
+        settings: &MeshSettings,
+        edge: EdgeId,
+    ) -> Result<Self, MeshError> {
+        let cluster = pki::Cluster::load(topology, settings, edge)?;
+        let idle = (settings.probe_interval * settings.fall * 2).max(Duration::from_secs(1));
+        let config = cluster.client_config(idle)?;
+        let ip = topology
+            .edges
+            .get(edge)
+            .map(|e| e.quic_listen.ip())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let client = Client::with_config(config, SocketAddr::new(ip, 0))?;
+        let now = Instant::now();
+        let peers = topology
+            .edges
+            .iter()
+            .map(|e| Peer {
+                name: e.name.clone(),
+                addr: Mutex::new(e.quic_listen),
+                conn: tokio::sync::Mutex::new(None),
+                stats: Mutex::new(PeerStats {
+                    health: PeerHealth::default(),
+                    ewma: PeakEwma::new(DEFAULT_RTT, DEFAULT_DECAY, now),
+                    outlier: Outlier::default(),
+                    last_report: None,
+                    last_rtt: None,
+                }),
+            })
+            .collect();
+        Ok(Self {
+            edge,
+            edge_name: cluster.edge_name.clone(),
+            settings: settings.clone(),
+            cluster,
+            client,
+            peers,
+            latency: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every peer edge (all edges but this one).
+    pub fn peer_ids(&self) -> impl Iterator<Item = EdgeId> + '_ {
+        (0..self.peers.len()).filter(move |&i| i != self.edge)
+    }
+
+    pub fn peer_name(&self, peer: EdgeId) -> &str {
+        self.peers.get(peer).map(|p| p.name.as_str()).unwrap_or("?")
+    }
+
+    fn hysteresis(&self) -> Hysteresis {
+        Hysteresis {
+            fall: self.settings.fall,
+            rise: self.settings.rise,
+        }
+    }
+
+    /// The pooled connection to `peer`, connecting if there is none or it
+    /// closed. Not bounded in time here: callers wrap it in their deadline.
+    pub async fn connection(
+        &self,
+        peer: EdgeId,
+    ) -> Result<std::sync::Arc<Connection>, ClientError> {
+        let p = self
+            .peers
+            .get(peer)
+            .filter(|_| peer != self.edge)
+            .ok_or_else(|| ClientError::Request(format!("no peer edge {peer}")))?;
+        let mut slot = p.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.quic().close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let addr = *p.addr.lock().unwrap_or_else(|e| e.into_inner());
+        let c = std::sync::Arc::new(self.client.connect(addr, &p.name).await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Where `peer` really listens, when it runs in this process (a
+    /// configured port 0 is only known after binding).
+    pub fn set_peer_addr(&self, peer: EdgeId, addr: SocketAddr) {
+        if let Some(p) = self.peers.get(peer) {
+            *p.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+        }
+    }
+
+    /// Forgets `conn` if it is still the pooled connection of `peer`.
+    pub fn drop_connection(&self, peer: EdgeId, conn: &std::sync::Arc<Connection>) {
+        if let Some(p) = self.peers.get(peer) {
+            if let Ok(mut slot) = p.conn.try_lock() {
+                if slot
+                    .as_ref()
+                    .is_some_and(|c| std::sync::Arc::ptr_eq(c, conn))
+                {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the stats of `peer`.
+    pub fn with_stats<T>(&self, peer: EdgeId, f: impl FnOnce(&mut PeerStats) -> T) -> Option<T> {
+        let p = self.peers.get(peer)?;
+        let mut s = p.stats.lock().unwrap_or_else(|e| e.into_inner());
+        Some(f(&mut s))
+    }
+
+    /// Records one probe outcome of `peer`.
+    pub fn record_probe(&self, peer: EdgeId, result: Result<(HealthReport, Duration), String>) {
+        let h = self.hysteresis();
+        let name = self.peer_name(peer).to_string();
+        let now = Instant::now();
+        let changed = self.with_stats(peer, |s| match result {
+            Ok((report, rtt)) => {
+                s.ewma.observe(rtt, now);
+                s.last_rtt = Some(rtt);
+                crate::metrics::peer_rtt(&self.edge_name, &name, rtt);
+                s.last_report = Some(report);
+                s.health.record(true, h)
+            }
+            Err(error) => {
+                tracing::debug!(peer = %name, %error, "probe failed");
+                s.health.record(false, h)
+            }
+        });
+        if let Some(Some(up)) = changed {
+            if up {
+                tracing::info!(peer = %name, "peer up");
+            } else {
+                tracing::warn!(peer = %name, "peer down");
+            }
+        }
+        if let Some(state) = self.peer_state(peer) {
+            crate::metrics::peer_state(&self.edge_name, &name, state.healthy, state.load);
+        }
+    }
+
+    /// The view state of `peer` from its probes (up until proven down).
+    pub fn peer_state(&self, peer: EdgeId) -> Option<EdgeState> {
+        self.with_stats(peer, |s| EdgeState {
+            healthy: s.health.is_up(),
+            draining: s.last_report.as_ref().is_some_and(|r| r.draining),
+            load: s.last_report.as_ref().map(|r| r.load).unwrap_or(0.0),
+        })
+    }
+
+    /// Records the run latency of a local invocation.
+    pub fn record_latency(&self, function: &str, took: Duration) {
+        let ms = took.as_secs_f64() * 1000.0;
+        let mut m = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(function.to_string()).or_insert(ms);
+        *e = *e * 0.8 + ms * 0.2;
+    }
+
+    /// This edge's health document.
+    pub fn report(&self, exec: &Executors, view: &LiveView) -> HealthReport {
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let draining =
+            exec.is_draining() || view.load().edges.get(self.edge).is_some_and(|s| s.draining);
+        let functions = exec
+            .stats()
+            .into_iter()
+            .map(|s| {
+                let capacity = exec
+                    .function(&s.function)
+                    .map(|f| f.concurrency_max)
+                    .unwrap_or(0);
+                FunctionLoad {
+                    latency_ms: latency.get(&s.function).copied(),
+                    in_flight: s.busy + s.starting,
+                    queued: s.queued,
+                    capacity,
+                    function: s.function,
+                }
+            })
+            .collect();
+        HealthReport {
+            edge: self.edge_name.clone(),
+            draining,
+            load: exec.load(),
+            functions,
+        }
     }
 }

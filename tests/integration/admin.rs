@@ -28,7 +28,8 @@ fn three_edges(dir: &Path, extra: &str) -> PathBuf {
         .replace(":4433\"", ":0\"")
         .replace(":9180\"", ":0\"")
         .replace("\"../geo/", &format!("\"{}/../geo/", cfg.display()))
-        .replace("\"functions/", &format!("\"{}/functions/", cfg.display()));
+        .replace("\"functions/", &format!("\"{}/functions/", cfg.display()))
+        .replace("\"dev-certs/", &format!("\"{}/dev-certs/", cfg.display()));
     let path = dir.join("three-edges.toml");
     std::fs::write(&path, format!("{extra}\n{text}")).unwrap();
     path

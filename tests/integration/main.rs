@@ -12,3 +12,4 @@ mod exec;
 mod frontdoor;
 mod geo;
 mod harness;
+mod mesh;

@@ -1,0 +1,169 @@
+//! The active prober: every `probe_interval` this edge asks every peer for
+//! `GET /health` over the pooled mTLS QUIC connection, records the round
+//! trip, runs the fall/rise hysteresis and publishes a new view.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{HealthReport, LiveView, Mesh, ViewSource};
+use crate::exec::Executors;
+use crate::frontdoor::client::Request;
+use crate::placement::EdgeState;
+
+/// All-pairs active probing (O(n²) over the fleet; see
+/// docs/ARCHITECTURE.md for the gossip source that replaces it at scale).
+pub struct Prober {
+    mesh: Arc<Mesh>,
+    exec: Arc<Executors>,
+    /// What the last round observed per edge (starts as the static view:
+    /// all up, idle).
+    seen: Mutex<Vec<EdgeState>>,
+}
+
+impl Prober {
+    pub fn new(mesh: Arc<Mesh>, exec: Arc<Executors>, edges: usize) -> Self {
+        Self {
+            mesh,
+            exec,
+            seen: Mutex::new(vec![EdgeState::default(); edges]),
+        }
+    }
+}
+
+/// How long one probe may take: the interval, but at least 500 ms so a
+/// loaded machine does not flap peers.
+pub fn probe_timeout(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(500))
+}
+
+#[async_trait::async_trait]
+impl ViewSource for Prober {
+    async fn run(self: Arc<Self>, view: Arc<LiveView>, token: CancellationToken) {
+        let span = tracing::info_span!("prober", edge = %self.mesh.edge_name);
+        async move {
+            let interval = self.mesh.settings.probe_interval;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let mut probes = tokio::task::JoinSet::new();
+                for peer in self.mesh.peer_ids() {
+                    let mesh = self.mesh.clone();
+                    probes.spawn(async move { (peer, probe(&mesh, peer, interval).await) });
+                }
+                let mut results = Vec::new();
+                while let Some(r) = probes.join_next().await {
+                    if let Ok(r) = r {
+                        results.push(r);
+                    }
+                }
+                for (peer, result) in results {
+                    self.mesh.record_probe(peer, result);
+                }
+                self.publish(&view);
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Prober {
+    /// Publishes the view: peers from their probe state, this edge from
+    /// its executors (draining is sticky once set).
+    fn publish(&self, view: &LiveView) {
+        let me = self.mesh.edge;
+        let observed: Vec<EdgeState> = (0..view.load().edges.len())
+            .map(|id| {
+                if id == me {
+                    EdgeState {
+                        healthy: true,
+                        draining: self.exec.is_draining(),
+                        load: self.exec.load(),
+                    }
+                } else {
+                    self.mesh.peer_state(id).unwrap_or_default()
+                }
+            })
+            .collect();
+        // Publish only what changed since the last observation, so other
+        // writers of the view (shutdown's draining flag, operators) are not
+        // overwritten by an unchanged probe result; no change, no new
+        // generation.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: Vec<usize> = (0..observed.len())
+            .filter(|&id| seen.get(id) != observed.get(id))
+            .collect();
+        *seen = observed.clone();
+        drop(seen);
+        if changed.is_empty() {
+            return;
+        }
+        view.update(|v| {
+            let mut next = v.clone();
+            for &id in &changed {
+                let (Some(state), Some(obs)) = (next.edges.get_mut(id), observed.get(id)) else {
+                    continue;
+                };
+                if id == me {
+                    state.load = obs.load;
+                    state.draining |= obs.draining;
+                } else {
+                    *state = obs.clone();
+                }
+            }
+            next
+        });
+        let v = view.load();
+        crate::metrics::edge_state(
+            &self.mesh.edge_name,
+            v.generation,
+            v.edges.get(me).is_some_and(|s| s.draining),
+        );
+    }
+}
+
+/// One probe: `GET /health`, bounded by `probe_timeout`.
+async fn probe(
+    mesh: &Mesh,
+    peer: usize,
+    interval: Duration,
+) -> Result<(HealthReport, Duration), String> {
+    let limit = probe_timeout(interval);
+    let deadline = Instant::now() + limit;
+    let conn = tokio::time::timeout_at(deadline, mesh.connection(peer))
+        .await
+        .map_err(|_| format!("connect timed out after {limit:?}"))?
+        .map_err(|e| e.to_string())?;
+    let req = Request {
+        method: http::Method::GET,
+        path: "/health".into(),
+        headers: Vec::new(),
+        chunks: Vec::new(),
+        content_length: None,
+        chunk_delay: None,
+    };
+    let started = Instant::now();
+    let reply = match tokio::time::timeout_at(deadline, conn.send(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            mesh.drop_connection(peer, &conn);
+            return Err(e.to_string());
+        }
+        Err(_) => return Err(format!("no health answer within {limit:?}")),
+    };
+    let rtt = started.elapsed();
+    if reply.status != 200 {
+        return Err(format!("health answered {}", reply.status));
+    }
+    let report: HealthReport =
+        serde_json::from_slice(&reply.body).map_err(|e| format!("bad health document: {e}"))?;
+    Ok((report, rtt))
+}
