@@ -756,54 +756,6 @@ fn missing_cluster_certificates_are_config_errors() {
 /// Measurement, not a check (docs/performance.md "Edge mesh"): forwarded
 /// vs local invocation latency against a running three-edge fleet,
 /// `target/release/fnroute serve --config edge-config/three-edges.toml --all`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement; needs a running three-edge fleet on the shipped ports"]
-async fn bench_forwarding_overhead() {
-    let n: usize = std::env::var("MESH_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let c = client();
-    let local = c
-        .connect("127.0.0.12:4433".parse().unwrap(), "localhost")
-        .await
-        .expect("nyc running");
-    let fwd = c
-        .connect("127.0.0.11:4433".parse().unwrap(), "localhost")
-        .await
-        .expect("fra running");
-    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for i in 0..n + 100 {
-        for (k, conn) in [&local, &fwd].into_iter().enumerate() {
-            let t0 = Instant::now();
-            let r = conn
-                .invoke("resize", Bytes::from_static(b"x"))
-                .await
-                .expect("invoke");
-            let took = t0.elapsed();
-            assert_eq!((r.status, r.header("fnroute-edge")), (200, Some("nyc")));
-            if i >= 100 {
-                times[k].push(took);
-            }
-        }
-    }
-    let pct = |v: &mut Vec<Duration>, p: f64| {
-        v.sort();
-        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
-    };
-    for (k, name) in ["local (nyc)", "forwarded (fra->nyc)"].iter().enumerate() {
-        let v = &mut times[k];
-        eprintln!(
-            "{name:22} n={} p50={:?} p90={:?} p99={:?}",
-            v.len(),
-            pct(v, 0.5),
-            pct(v, 0.9),
-            pct(v, 0.99)
-        );
-    }
-    let (l, f) = (pct(&mut times[0], 0.5), pct(&mut times[1], 0.5));
-    eprintln!("forwarding overhead p50: {:?}", f.saturating_sub(l));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_idempotent_invocation_is_not_retried_once_sent() {
