@@ -11,13 +11,23 @@
 #   benches/h3-vs-peers.sh                       # defaults below
 #   FN=echo TOPOLOGY=edge-config/local.toml FN_PORT=4433 benches/h3-vs-peers.sh   # once lambda pools land
 #   DUR=3s SCENARIOS=c1x1 ONLY="fnroute h3-echo" benches/h3-vs-peers.sh           # quick look
+#   EXEC=lambda benches/h3-vs-peers.sh            # warm Rust lambda_runtime worker pool (examples/lambda_echo.rs)
+#   EXEC=lambda WORKERS_EXTRA="16 32" benches/h3-vs-peers.sh   # + the same function with max 16 / 32 workers (c4x64 only)
 #
 # Env: PEERS_DIR (/tmp/fnroute-peers: a copy of ../shared/bench and ../shared/tools, see its README)
 #      FN (bench: a `command` function running `cat`, i.e. one process spawn per request)
+#      EXEC (command | lambda). lambda: FN is `kind = "lambda"` running target/release/examples/lambda_echo
+#        (AWS's Rust lambda_runtime, echoes the JSON event), concurrency = { min = $MIN_WORKERS (2), max = $WORKERS (8) },
+#        [executors] queue = $QUEUE (1024, so 256 in flight queue instead of being shed with 429/503).
+#        WORKERS_EXTRA ("") adds $FN-wN functions with max = N, measured as peers fnroute-wN at c4x64 only.
+#        lambda_runtime needs a JSON event, so with EXEC=lambda every peer gets the same BODY-byte JSON
+#        document ({"pad":"xxx…"}) instead of h3load's 'x' filler: the script uses a copy of h3load
+#        ($PEERS_DIR/tools/h3load-bodyfile) patched to read the body from $H3LOAD_BODY_FILE.
 #      TOPOLOGY (generated into $STATE/topology.toml with FN as `cat`; give a file to use its functions)
 #      FN_PORT (4440; must match TOPOLOGY's quic_listen when TOPOLOGY is given)
 #      DUR (10s) BODY (256) SRV_CPU (1) LG_CPU (0) SCENARIOS ("c1x1 c4x64") ONLY (all peers)
-# Output: one JSON line per run in $STATE/results.jsonl and a table on stdout.
+# Output: one JSON line per run in $STATE/results.jsonl (with the response status counts, which h3load's
+#         JSON omits: a 429/502 counts as "ok" there) and a table on stdout.
 # Only processes this script started are stopped, by the PIDs it recorded.
 set -euo pipefail
 
@@ -26,8 +36,14 @@ PEERS_DIR=${PEERS_DIR:-/tmp/fnroute-peers}
 STATE=${STATE:-$ROOT/target/h3-bench}
 H3LOAD=$PEERS_DIR/tools/h3load/target/release/h3load
 PEERS=$PEERS_DIR/bench/quic-peers/peers/target/release/peers
-FNROUTE=${FNROUTE:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fnroute}
+# the target directory cargo really uses (CARGO_TARGET_DIR, .cargo/config.toml build.target-dir, or ./target)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null | jq -r .target_directory 2>/dev/null || true)
+TARGET_DIR=${TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}}
+FNROUTE=${FNROUTE:-$TARGET_DIR/release/fnroute}
+LAMBDA_ECHO=${LAMBDA_ECHO:-$TARGET_DIR/release/examples/lambda_echo}
 FN=${FN:-bench}
+EXEC=${EXEC:-command}
+WORKERS=${WORKERS:-8} MIN_WORKERS=${MIN_WORKERS:-2} QUEUE=${QUEUE:-1024} WORKERS_EXTRA=${WORKERS_EXTRA:-}
 FN_PORT=${FN_PORT:-4440}
 DUR=${DUR:-10s}
 BODY=${BODY:-256}
@@ -35,6 +51,7 @@ SRV_CPU=${SRV_CPU:-1}
 LG_CPU=${LG_CPU:-0}
 SCENARIOS=${SCENARIOS:-c1x1 c4x64}
 ONLY=${ONLY:-fnroute fnroute-404 h3-echo caddy-proxy caddy-proxy-ka}
+for w in $WORKERS_EXTRA; do ONLY="$ONLY fnroute-w$w"; done
 H3_ECHO_PORT=4502 CADDY_PROXY_PORT=4434 CADDY_PROXY_KA_PORT=4435 BACKEND_PORT=8081
 
 mkdir -p "$STATE/logs"
@@ -50,6 +67,22 @@ command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y jq
 [[ -x $H3LOAD ]] || (cd "$PEERS_DIR/tools/h3load" && cargo build --release -q)
 [[ -x $PEERS ]] || (cd "$PEERS_DIR/bench/quic-peers/peers" && cargo build --release -q)
 [[ -x $FNROUTE && ${REBUILD:-1} == 0 ]] || (cd "$ROOT" && cargo build --release -q --bin fnroute)
+BODY_FILE=
+if [[ $EXEC == lambda ]]; then
+  [[ -x $LAMBDA_ECHO && ${REBUILD:-1} == 0 ]] || (cd "$ROOT" && cargo build --release -q --example lambda_echo)
+  # a JSON event of exactly BODY bytes: {"pad":"xxx…"}
+  BODY_FILE=$STATE/body.json
+  (( BODY >= 12 )) || { log "BODY must be >= 12 bytes with EXEC=lambda"; exit 1; }
+  { printf '{"pad":"'; head -c $((BODY - 10)) /dev/zero | tr '\0' x; printf '"}'; } >"$BODY_FILE"
+  H3SRC=$PEERS_DIR/tools/h3load-bodyfile
+  [[ -d $H3SRC ]] || cp -r "$PEERS_DIR/tools/h3load" "$H3SRC"
+  grep -q H3LOAD_BODY_FILE "$H3SRC/src/main.rs" ||
+    perl -pi -e 's/body: Bytes::from\(vec!\[b.x.; args\.body_size\]\),/body: match std::env::var_os("H3LOAD_BODY_FILE") { Some(p) => Bytes::from(std::fs::read(p).expect("H3LOAD_BODY_FILE")), None => Bytes::from(vec![b\x27x\x27; args.body_size]) },/' "$H3SRC/src/main.rs"
+  grep -q H3LOAD_BODY_FILE "$H3SRC/src/main.rs" || { log "could not patch $H3SRC/src/main.rs"; exit 1; }
+  H3LOAD=$H3SRC/target/release/h3load
+  (cd "$H3SRC" && cargo build --release -q)
+  export H3LOAD_BODY_FILE=$BODY_FILE
+fi
 
 if [[ -z ${TOPOLOGY:-} ]]; then
   TOPOLOGY=$STATE/topology.toml
@@ -69,11 +102,35 @@ quic_listen = "127.0.0.1:$FN_PORT"
 admin_listen = "127.0.0.1:19199"
 capacity = 1024
 
+EOF
+  if [[ $EXEC == lambda ]]; then
+    cat >>"$TOPOLOGY" <<EOF
+
+[executors]
+queue = $QUEUE
+queue_timeout_ms = 10000
+keep_warm_ms = 600000
+EOF
+    for spec in "$FN:$WORKERS" $(for w in $WORKERS_EXTRA; do echo "$FN-w$w:$w"; done); do
+      cat >>"$TOPOLOGY" <<EOF
+
+[[function]]
+name = "${spec%%:*}"
+executor = { kind = "lambda", command = ["$LAMBDA_ECHO"] }
+memory_mb = 128
+timeout_ms = 10000
+concurrency = { min = $MIN_WORKERS, max = ${spec##*:} }
+EOF
+    done
+  else
+    cat >>"$TOPOLOGY" <<EOF
+
 [[function]]
 name = "$FN"
 executor = { kind = "command", command = ["cat"] }
 timeout_ms = 10000
 EOF
+  fi
 fi
 
 # ------------------------------------------------------------------ processes (by PID only)
@@ -145,6 +202,7 @@ url() {
     fnroute) echo "https://127.0.0.1:$FN_PORT/fn/$FN" ;;
     # the front door without an executor: an unknown function answered with a 404 problem+json
     fnroute-404) echo "https://127.0.0.1:$FN_PORT/fn/no-such-function" ;;
+    fnroute-w*) echo "https://127.0.0.1:$FN_PORT/fn/$FN-${1#fnroute-}" ;;
     h3-echo) echo "https://127.0.0.1:$H3_ECHO_PORT/echo" ;;
     caddy-proxy) echo "https://127.0.0.1:$CADDY_PROXY_PORT/echo" ;;
     caddy-proxy-ka) echo "https://127.0.0.1:$CADDY_PROXY_KA_PORT/echo" ;;
@@ -167,16 +225,25 @@ idle_gate() {
 }
 udp_rcvbuf_errors() { awk '/^Udp:/{n++} /^Udp:/&&n==2{print $6}' /proc/net/snmp; }
 
-# sanity: every peer answers 200
+# h3load's "status:     200=123 502=4" line as a JSON object
+statuses() { awk '/^  status:/{printf "{"; for(i=2;i<=NF;i++){split($i,a,"="); printf "%s\"%s\":%s", (i>2?",":""), a[1], a[2]} printf "}"; f=1} END{if(!f) printf "{}"}'; }
+
+# sanity: every peer answers 200 (fnroute-404: 404), and the function echoes the body unchanged
 for peer in $ONLY; do
   "$H3LOAD" --url "$(url "$peer")" $(extra "$peer") --method POST --body-size "$BODY" -d 300ms --insecure | grep -E 'requests|status' >&2 || true
 done
+if [[ -n $BODY_FILE ]]; then
+  got=$("$FNROUTE" invoke "$FN" --data-file "$BODY_FILE" --edge 127.0.0.1:$FN_PORT --insecure 2>&1 || true)
+  if [[ $got == "$(cat "$BODY_FILE")" ]]; then log "round trip OK: $FN echoed the ${BODY}-byte JSON body unchanged"
+  else log "round trip MISMATCH: sent $(cat "$BODY_FILE" | head -c 40)…, got: ${got:0:200}"; fi
+fi
 
 RESULTS=$STATE/results.jsonl
 : >"$RESULTS"
 for sc in $SCENARIOS; do
   c=${sc%%x*}; c=${c#c}; s=${sc##*x}
   for peer in $ONLY; do
+    [[ $peer == fnroute-w* && $sc == c1x1 ]] && continue   # worker-count variants: throughput only
     cmd=(taskset -c "$LG_CPU" "$H3LOAD" --url "$(url "$peer")" $(extra "$peer") --method POST --body-size "$BODY" -c "$c" -s "$s" -d "$DUR" --insecure --json)
     idle_gate
     log "$peer $sc (others busy before: ${PRE_BUSY}%)"
@@ -186,10 +253,13 @@ for sc in $SCENARIOS; do
     echo "$out" >>"$STATE/logs/h3load.log"
     json=$(echo "$out" | grep '^{' | tail -1 || true)
     [[ -n $json ]] || { log "FAILED $peer $sc: $out"; json='{"rps":0,"errors":-1}'; }
+    st=$(echo "$out" | statuses)
     echo "$json" | jq -c --arg peer "$peer" --arg sc "$sc" --arg cmd "${cmd[*]}" --argjson drops "$((u1 - u0))" --argjson pre "$PRE_BUSY" \
-      '{peer:$peer,scenario:$sc} + . + {udp_rcvbuf_drops:$drops,pre_run_busy_pct:$pre,cmd:$cmd}' >>"$RESULTS"
+      --argjson st "$st" --arg exec "$EXEC" --arg body "${BODY_FILE:+json}" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+      '{peer:$peer,scenario:$sc} + . + {statuses:$st,udp_rcvbuf_drops:$drops,pre_run_busy_pct:$pre,loadavg:$load,exec:$exec,body:(if $body == "" then "x" else $body end),cmd:$cmd}' >>"$RESULTS"
   done
 done
 
-jq -r '[.peer,.scenario,(.rps|floor),.p50_us,.p99_us,.errors,.udp_rcvbuf_drops,.pre_run_busy_pct] | @tsv' "$RESULTS" |
-  (echo -e "peer\tscenario\treq/s\tp50_us\tp99_us\terrors\tudp_drops\tbusy_before%"; cat) | column -t
+log "uptime: $(uptime)"
+jq -r '[.peer,.scenario,(.rps|floor),.p50_us,.p99_us,.errors,((.statuses // {}) | to_entries | map("\(.key)=\(.value)") | join(",")),.udp_rcvbuf_drops,.pre_run_busy_pct,.loadavg] | @tsv' "$RESULTS" |
+  (echo -e "peer\tscenario\treq/s\tp50_us\tp99_us\terrors\tstatus\tudp_drops\tbusy_before%\tloadavg"; cat) | column -t -s $'\t'
