@@ -12,6 +12,8 @@
 #   FN=echo TOPOLOGY=edge-config/local.toml FN_PORT=4433 benches/h3-vs-peers.sh   # once lambda pools land
 #   DUR=3s SCENARIOS=c1x1 ONLY="fnroute h3-echo" benches/h3-vs-peers.sh           # quick look
 #   EXEC=lambda benches/h3-vs-peers.sh            # warm Rust lambda_runtime worker pool (examples/lambda_echo.rs)
+#   CACHE_TTL=3600 ONLY="fnroute h3-echo" benches/h3-vs-peers.sh   # cache hits: FN gets a cache policy and
+#                                                 # h3load sends one body, so all but the first request hit
 #   EXEC=lambda WORKERS_EXTRA="16 32" benches/h3-vs-peers.sh   # + the same function with max 16 / 32 workers (c4x64 only)
 #
 # Env: PEERS_DIR (/tmp/fnroute-peers: a copy of ../shared/bench and ../shared/tools, see its README)
@@ -45,6 +47,7 @@ FN=${FN:-bench}
 EXEC=${EXEC:-command}
 WORKERS=${WORKERS:-8} MIN_WORKERS=${MIN_WORKERS:-2} QUEUE=${QUEUE:-1024} WORKERS_EXTRA=${WORKERS_EXTRA:-}
 FN_PORT=${FN_PORT:-4440}
+CACHE_LINE=${CACHE_TTL:+"cache = { ttl_s = $CACHE_TTL }"}
 DUR=${DUR:-10s}
 BODY=${BODY:-256}
 SRV_CPU=${SRV_CPU:-1}
@@ -129,6 +132,7 @@ EOF
 name = "$FN"
 executor = { kind = "command", command = ["cat"] }
 timeout_ms = 10000
+$CACHE_LINE
 EOF
   fi
 fi
