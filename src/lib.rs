@@ -17,4 +17,5 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod route;
 pub mod shutdown;

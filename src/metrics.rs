@@ -61,6 +61,9 @@ pub const PEER_RTT: &str = "fnroute_peer_rtt_seconds";
 pub const VIEW_GENERATION: &str = "fnroute_view_generation";
 pub const DRAINING: &str = "fnroute_draining";
 pub const BUILD_INFO: &str = "fnroute_build_info";
+pub const ROUTES: &str = "fnroute_routes_total";
+pub const ROUTE_DURATION: &str = "fnroute_route_duration_seconds";
+pub const ROUTE_STEPS: &str = "fnroute_route_steps_total";
 pub const METERING_INVOCATIONS: &str = "fnroute_metering_invocations_total";
 pub const METERING_BILLED_MS: &str = "fnroute_metering_billed_milliseconds_total";
 pub const METERING_MB_MS: &str = "fnroute_metering_memory_mb_milliseconds_total";
@@ -149,6 +152,7 @@ pub fn install() -> &'static PrometheusHandle {
         let mut builder = PrometheusBuilder::new();
         for (name, buckets) in [
             (INVOCATION_DURATION, INVOCATION_BUCKETS),
+            (ROUTE_DURATION, INVOCATION_BUCKETS),
             (POOL_QUEUE_WAIT, QUEUE_WAIT_BUCKETS),
         ] {
             builder = builder
@@ -242,6 +246,20 @@ pub fn invocation(
         .increment(1);
     ::metrics::histogram!(INVOCATION_DURATION, "edge" => e, "function" => f, "path" => path.as_str())
         .record(duration.as_secs_f64());
+}
+
+/// One routed event finished at the edge that accepted it from a client
+/// (`entry`: "event" or "route"), by outcome ("ok" or a problem slug).
+pub fn route(edge: &str, outcome: &'static str, duration: Duration) {
+    let e = name(edge);
+    ::metrics::counter!(ROUTES, "edge" => e, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(ROUTE_DURATION, "edge" => e).record(duration.as_secs_f64());
+}
+
+/// One route step handled by `edge`: run here, or handed on to a peer.
+pub fn route_step(edge: &str, step: &str, path: Path) {
+    ::metrics::counter!(ROUTE_STEPS, "edge" => name(edge), "step" => name(step), "path" => path.as_str())
+        .increment(1);
 }
 
 /// Metering of one invocation that ran on `edge`'s own pool: invocations,
@@ -372,6 +390,19 @@ fn describe() {
     describe_counter!(
         INVOCATIONS,
         "Invocations accepted, by function, outcome and path (local or forwarded)"
+    );
+    describe_counter!(
+        ROUTES,
+        "Routed events (POST /event, POST /route) finished at their entry edge, by outcome"
+    );
+    describe_histogram!(
+        ROUTE_DURATION,
+        Unit::Seconds,
+        "End-to-end latency of routed events at their entry edge"
+    );
+    describe_counter!(
+        ROUTE_STEPS,
+        "Route steps seen by this edge: run here (local) or handed to a peer (forwarded)"
     );
     describe_histogram!(
         INVOCATION_DURATION,

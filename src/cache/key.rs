@@ -109,6 +109,7 @@ pub fn function_version(f: &Function) -> u64 {
         concurrency_max: _,
         cache,
         idempotent: _,
+        gatekeeper,
     } = f;
     let mut h = Sha256::new();
     field(&mut h, b"fnroute-function-v1");
@@ -155,6 +156,10 @@ pub fn function_version(f: &Function) -> u64 {
             }
         }
         None => field(&mut h, b"no-cache"),
+    }
+    // Only when set, so versions of existing functions do not move.
+    if *gatekeeper {
+        field(&mut h, b"gatekeeper");
     }
     let digest = h.finalize();
     let mut first = [0u8; 8];

@@ -103,8 +103,9 @@ pub enum CertCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct InvokeArgs {
-    /// Function name.
-    pub name: String,
+    /// Function name (not with --event or --route).
+    #[arg(required_unless_present_any = ["event", "route"])]
+    pub name: Option<String>,
     /// `-`: read the event from stdin.
     #[arg(value_name = "-", conflicts_with_all = ["data", "data_file"])]
     pub stdin: Option<String>,
@@ -133,6 +134,18 @@ pub struct InvokeArgs {
     /// Shorten the function's deadline (milliseconds).
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// Send an event of this type (`POST /event/TYPE`) instead of invoking
+    /// one function: it runs through the type's route (docs/routing.md).
+    #[arg(long, conflicts_with = "route")]
+    pub event: Option<String>,
+    /// Send the event along this explicit route stack (`POST /route`),
+    /// e.g. "edit log process".
+    #[arg(long)]
+    pub route: Option<String>,
+    /// With --event or --route: the entry edge calls every step itself
+    /// (`fnroute-route-mode: orchestrated`) instead of source routing.
+    #[arg(long)]
+    pub orchestrated: bool,
     /// Print the status and response headers to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -601,8 +614,20 @@ const EX_UNAVAILABLE: u8 = 69;
 /// `fnroute invoke`: prints the result body to stdout; errors (the
 /// problem+json detail) go to stderr with exit status 1 for an HTTP error
 /// and 69 when the edge could not be reached.
-fn invoke(args: InvokeArgs) -> ExitCode {
+fn invoke(mut args: InvokeArgs) -> ExitCode {
     use std::io::{Read, Write};
+    let routed = args.event.is_some() || args.route.is_some();
+    if routed {
+        // `fnroute invoke --event T -`: the dash lands in NAME.
+        match args.name.take() {
+            Some(dash) if dash == "-" && args.stdin.is_none() => args.stdin = Some(dash),
+            Some(other) => {
+                eprintln!("fnroute: give a function NAME or --event/--route, not both ({other:?})");
+                return ExitCode::from(EX_USAGE);
+            }
+            None => {}
+        }
+    }
     let payload = match (&args.stdin, &args.data, &args.data_file) {
         (Some(dash), _, _) if dash != "-" => {
             eprintln!("fnroute: unexpected argument {dash:?} (use - for stdin)");
@@ -670,8 +695,31 @@ fn invoke(args: InvokeArgs) -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    let name = args.name.to_ascii_lowercase();
-    let fqdn = if zone.is_empty() {
+    // With --event/--route, --resolve looks up the first step's name (the
+    // event type's entry is not known to the client).
+    let name = args
+        .name
+        .clone()
+        .or_else(|| {
+            args.route
+                .as_deref()
+                .and_then(|r| r.split([' ', ',']).find(|s| !s.is_empty()))
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if name.is_empty() && args.resolve.is_some() {
+        eprintln!("fnroute: --resolve needs a function NAME or --route (an event type is no DNS name); use --edge");
+        return ExitCode::from(EX_USAGE);
+    }
+    let fqdn = if name.is_empty() {
+        // TLS server name for --event without a function: the zone.
+        if zone.is_empty() {
+            "localhost".to_string()
+        } else {
+            zone.clone()
+        }
+    } else if zone.is_empty() {
         name.clone()
     } else {
         format!("{name}.{zone}")
@@ -711,6 +759,15 @@ fn invoke(args: InvokeArgs) -> ExitCode {
             .await
             .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
         let mut req = Request::invoke(&name, bytes::Bytes::from(payload));
+        if let Some(t) = &args.event {
+            req.path = format!("/event/{t}");
+        } else if let Some(r) = &args.route {
+            req.path = "/route".to_string();
+            req = req.header(crate::route::ROUTE_HEADER, r);
+        }
+        if routed && args.orchestrated {
+            req = req.header(crate::route::MODE_HEADER, "orchestrated");
+        }
         if let Some(ms) = args.timeout_ms {
             req = req.header(crate::frontdoor::limits::TIMEOUT_HEADER, &ms.to_string());
         }

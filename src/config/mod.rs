@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub(crate) use validate::is_dns_label;
 
 /// The embedded default topology, relative to the crate root.
 pub const DEFAULT_TOPOLOGY: &str = "edge-config/local.toml";

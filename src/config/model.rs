@@ -30,6 +30,45 @@ pub struct Topology {
     pub mesh: Option<MeshSettings>,
     pub edges: Vec<Edge>,
     pub functions: Vec<Function>,
+    /// Function source routing: bounds, static routes, event types.
+    pub routing: Routing,
+}
+
+/// `[routing]`, `[[route]]` and `[[event]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub bounds: RouteBounds,
+    /// Rough step name -> the steps it expands to (first runs first).
+    pub routes: BTreeMap<String, Vec<String>>,
+    /// Event type -> its entry steps.
+    pub events: BTreeMap<String, Vec<String>>,
+}
+
+/// Limits on one routed event, each enforced with a problem response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteBounds {
+    /// Steps executed (functions run) over the whole route.
+    pub max_steps: u32,
+    /// Expansions (static routes and gatekeeper pushes) over the whole route.
+    pub max_expansions: u32,
+    /// Edge-to-edge forwards over the whole route.
+    pub max_hops: u32,
+    /// Steps on the stack at any time.
+    pub max_stack_depth: u32,
+    /// Deadline of a routed event unless the client asks for less.
+    pub timeout: Duration,
+}
+
+impl Default for RouteBounds {
+    fn default() -> Self {
+        Self {
+            max_steps: 64,
+            max_expansions: 16,
+            max_hops: 8,
+            max_stack_depth: 32,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +125,9 @@ pub struct MeshSettings {
     pub max_hops: u32,
     /// Consecutive failed forwards before a peer is ejected.
     pub eject_after: u32,
+    /// SIMULATION ONLY (0 = off): each forward waits a round trip of this
+    /// many ms per 1000 km of great-circle distance between the edges.
+    pub simulated_rtt_ms_per_1000km: f64,
 }
 
 impl MeshSettings {
@@ -139,6 +181,8 @@ pub struct Function {
     pub concurrency_max: u32,
     pub cache: Option<CachePolicy>,
     pub idempotent: bool,
+    /// Output is a routing envelope (`{"push": [...], "event": ...}`).
+    pub gatekeeper: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

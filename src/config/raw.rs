@@ -35,6 +35,40 @@ pub(crate) struct RawTopology {
     pub(crate) edge: Vec<Spanned<RawEdge>>,
     #[serde(default)]
     pub(crate) function: Vec<Spanned<RawFunction>>,
+    /// Bounds of function source routing.
+    #[serde(default)]
+    pub(crate) routing: RawRouting,
+    /// Static expansions of rough steps.
+    #[serde(default)]
+    pub(crate) route: Vec<Spanned<RawRoute>>,
+    /// Event types and their entry steps.
+    #[serde(default)]
+    pub(crate) event: Vec<Spanned<RawEvent>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouting {
+    pub(crate) max_steps: Option<Spanned<u32>>,
+    pub(crate) max_expansions: Option<Spanned<u32>>,
+    pub(crate) max_hops: Option<Spanned<u32>>,
+    pub(crate) max_stack_depth: Option<Spanned<u32>>,
+    pub(crate) timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Spanned<String>,
+    pub(crate) steps: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEvent {
+    #[serde(rename = "type")]
+    pub(crate) kind: Spanned<String>,
+    pub(crate) entry: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -99,6 +133,10 @@ pub(crate) struct RawMesh {
     pub(crate) rise: Option<Spanned<u32>>,
     pub(crate) max_hops: Option<Spanned<u32>>,
     pub(crate) eject_after: Option<Spanned<u32>>,
+    /// SIMULATION ONLY: delay every forward by a round trip of this many
+    /// milliseconds per 1000 km between the two edges (WAN emulation for
+    /// `--all` runs and benchmarks on loopback).
+    pub(crate) simulated_rtt_ms_per_1000km: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -140,6 +178,9 @@ pub(crate) struct RawFunction {
     pub(crate) cache: Option<Spanned<RawCache>>,
     #[serde(default)]
     pub(crate) idempotent: bool,
+    /// Its output is a routing envelope: steps to push in its place.
+    #[serde(default)]
+    pub(crate) gatekeeper: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! Turns raw TOML into a validated `Topology`, collecting every problem.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -177,6 +177,7 @@ pub(super) fn validate_with(
         .mesh
         .as_ref()
         .map(|m| check_mesh(&mut cx, m, &edges, check_mesh_files));
+    let routing = check_routing(&mut cx, &raw, &raw.function, &functions);
 
     if cx.errors.is_empty() {
         Ok(Topology {
@@ -193,6 +194,7 @@ pub(super) fn validate_with(
             mesh,
             edges,
             functions,
+            routing,
         })
     } else {
         Err(ConfigErrors(cx.errors))
@@ -238,6 +240,19 @@ fn check_mesh(cx: &mut Ctx<'_>, m: &RawMesh, edges: &[Edge], check_files: bool) 
         Some(s) => Duration::from_millis(*s.get_ref()),
         None => Duration::from_secs(1),
     };
+    let simulated_rtt_ms_per_1000km = match &m.simulated_rtt_ms_per_1000km {
+        Some(s) if !(0.0..=1000.0).contains(s.get_ref()) => {
+            cx.err(
+                Some(s.span()),
+                "mesh.simulated_rtt_ms_per_1000km",
+                format!("{} is outside 0..=1000", s.get_ref()),
+                Some("use 0 (off) or a round trip per 1000 km such as 10 (light in fibre); simulation only".into()),
+            );
+            0.0
+        }
+        Some(s) => *s.get_ref(),
+        None => 0.0,
+    };
     let settings = MeshSettings {
         ca,
         cert_dir,
@@ -246,6 +261,7 @@ fn check_mesh(cx: &mut Ctx<'_>, m: &RawMesh, edges: &[Edge], check_files: bool) 
         rise,
         max_hops,
         eject_after,
+        simulated_rtt_ms_per_1000km,
     };
     if check_files {
         if !settings.ca.is_file() {
@@ -279,6 +295,205 @@ fn check_mesh(cx: &mut Ctx<'_>, m: &RawMesh, edges: &[Edge], check_files: bool) 
         }
     }
     settings
+}
+
+/// `[routing]` bounds, `[[route]]` static expansions and `[[event]]`
+/// types: names are DNS labels that clash with no function, every step
+/// names a known function or route, static routes do not expand into
+/// themselves.
+fn check_routing(
+    cx: &mut Ctx<'_>,
+    raw: &RawTopology,
+    raw_functions: &[Spanned<RawFunction>],
+    functions: &[Function],
+) -> Routing {
+    let r = &raw.routing;
+    let d = RouteBounds::default();
+    let mut bound = |v: &Option<Spanned<u32>>, key: &str, default: u32, max: u32| match v {
+        Some(s) if !(1..=max).contains(s.get_ref()) => {
+            cx.err(
+                Some(s.span()),
+                format!("routing.{key}"),
+                format!("{} is outside 1..={max}", s.get_ref()),
+                Some(format!(
+                    "set routing.{key} to 1..={max} (default {default})"
+                )),
+            );
+            default
+        }
+        Some(s) => *s.get_ref(),
+        None => default,
+    };
+    let bounds = RouteBounds {
+        max_steps: bound(&r.max_steps, "max_steps", d.max_steps, 10_000),
+        max_expansions: bound(
+            &r.max_expansions,
+            "max_expansions",
+            d.max_expansions,
+            10_000,
+        ),
+        max_hops: bound(&r.max_hops, "max_hops", d.max_hops, 255),
+        max_stack_depth: bound(
+            &r.max_stack_depth,
+            "max_stack_depth",
+            d.max_stack_depth,
+            1024,
+        ),
+        timeout: match &r.timeout_ms {
+            Some(s) if !(1..=3_600_000).contains(s.get_ref()) => {
+                cx.err(
+                    Some(s.span()),
+                    "routing.timeout_ms",
+                    format!("{} ms is outside 1..=3600000", s.get_ref()),
+                    Some("give a routed event's deadline in ms (default 30000)".into()),
+                );
+                d.timeout
+            }
+            Some(s) => Duration::from_millis(*s.get_ref()),
+            None => d.timeout,
+        },
+    };
+    let is_function = |n: &str| functions.iter().any(|f| f.name == n);
+    let route_names: Vec<String> = raw
+        .route
+        .iter()
+        .map(|r| r.get_ref().name.get_ref().to_ascii_lowercase())
+        .collect();
+    let known = |n: &str| is_function(n) || route_names.iter().any(|r| r == n);
+    let known_list = || {
+        let mut all: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        all.extend(route_names.iter().map(String::as_str));
+        all.join(", ")
+    };
+    let check_steps = |cx: &mut Ctx<'_>, key: &str, steps: &Spanned<Vec<Spanned<String>>>| {
+        if steps.get_ref().is_empty() {
+            cx.err(
+                Some(steps.span()),
+                key.to_string(),
+                "the step list is empty",
+                Some("list at least one function or route name".to_string()),
+            );
+        }
+        if steps.get_ref().len() > bounds.max_stack_depth as usize {
+            cx.err(
+                Some(steps.span()),
+                key.to_string(),
+                format!(
+                    "{} steps exceed routing.max_stack_depth = {}",
+                    steps.get_ref().len(),
+                    bounds.max_stack_depth
+                ),
+                Some("shorten the list or raise routing.max_stack_depth".to_string()),
+            );
+        }
+        let mut out = Vec::new();
+        for s in steps.get_ref() {
+            let n = s.get_ref().to_ascii_lowercase();
+            if !known(&n) {
+                cx.err(
+                    Some(s.span()),
+                    key.to_string(),
+                    format!("unknown step {:?} (known: {})", s.get_ref(), known_list()),
+                    Some("name a [[function]] or a [[route]]".to_string()),
+                );
+            }
+            out.push(n);
+        }
+        out
+    };
+    let mut routes = BTreeMap::new();
+    for sr in &raw.route {
+        let rr = sr.get_ref();
+        let name = rr.name.get_ref().to_ascii_lowercase();
+        let key = format!("route.{name}");
+        if !is_dns_label(&name) {
+            cx.err(
+                Some(rr.name.span()),
+                format!("{key}.name"),
+                format!(
+                    "route name {:?} is not a valid DNS label",
+                    rr.name.get_ref()
+                ),
+                Some("use letters, digits and hyphens (1 to 63 characters)".into()),
+            );
+        }
+        if let Some(f) = raw_functions
+            .iter()
+            .find(|f| f.get_ref().name.get_ref().eq_ignore_ascii_case(&name))
+        {
+            let line = line_col(cx.text, f.get_ref().name.span().start).0;
+            cx.err(
+                Some(rr.name.span()),
+                format!("{key}.name"),
+                format!("route {name:?} clashes with the function of the same name on line {line}"),
+                Some("rename the route or the function: a step name must mean one thing".into()),
+            );
+        }
+        let steps = check_steps(cx, &format!("{key}.steps"), &rr.steps);
+        if routes.insert(name.clone(), steps).is_some() {
+            cx.err(
+                Some(rr.name.span()),
+                format!("{key}.name"),
+                format!("duplicate route name {name:?}"),
+                Some("give every [[route]] a unique name".into()),
+            );
+        }
+    }
+    // A static route that expands (through other routes) into itself can
+    // never finish.
+    for sr in &raw.route {
+        let name = sr.get_ref().name.get_ref().to_ascii_lowercase();
+        if let Some(cycle) = crate::route::static_cycle(&routes, &name) {
+            cx.err(
+                Some(sr.get_ref().name.span()),
+                format!("route.{name}.steps"),
+                format!("route {name:?} expands into itself: {}", cycle.join(" -> ")),
+                Some(
+                    "break the cycle; use a gatekeeper function for data-dependent repetition"
+                        .into(),
+                ),
+            );
+        }
+    }
+    let mut events = BTreeMap::new();
+    for se in &raw.event {
+        let e = se.get_ref();
+        let kind = e.kind.get_ref().to_ascii_lowercase();
+        let key = format!("event.{kind}");
+        if kind.is_empty()
+            || kind.len() > 63
+            || !kind
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            cx.err(
+                Some(e.kind.span()),
+                format!("{key}.type"),
+                format!(
+                    "event type {:?} cannot be a URL path segment",
+                    e.kind.get_ref()
+                ),
+                Some(
+                    "use 1 to 63 letters, digits, '-', '_' or '.'; clients post to /event/<type>"
+                        .into(),
+                ),
+            );
+        }
+        let entry = check_steps(cx, &format!("{key}.entry"), &e.entry);
+        if events.insert(kind.clone(), entry).is_some() {
+            cx.err(
+                Some(e.kind.span()),
+                format!("{key}.type"),
+                format!("duplicate event type {kind:?}"),
+                Some("give every [[event]] a unique type".into()),
+            );
+        }
+    }
+    Routing {
+        bounds,
+        routes,
+        events,
+    }
 }
 
 fn check_zone(cx: &mut Ctx<'_>, zone: &Spanned<String>) -> String {
@@ -783,6 +998,7 @@ fn check_functions(
             concurrency_max: cmax,
             cache,
             idempotent: f.idempotent,
+            gatekeeper: f.gatekeeper,
         });
     }
     out

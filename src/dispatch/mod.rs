@@ -72,6 +72,24 @@ pub struct Forward {
     pub trace: Option<String>,
     /// Edges never to forward to (e.g. the one this request came from).
     pub exclude: Vec<EdgeId>,
+    /// Set when the rest of a route travels on (`POST /route`) rather
+    /// than one function (`POST /fn/{name}`).
+    pub route: Option<RouteCarry>,
+}
+
+/// What a forwarded route carries besides the event.
+#[derive(Debug, Clone)]
+pub struct RouteCarry {
+    /// The remaining stack, next step (the forwarded function) first.
+    pub stack: String,
+    /// `fnroute-route-progress` (steps and expansions used so far).
+    pub progress: String,
+    /// The route's hop bound (`routing.max_hops`), instead of the mesh's.
+    pub max_hops: u32,
+    /// Whether the remainder may be retried on another edge after it may
+    /// have reached a peer (every step idempotent).
+    pub retryable: bool,
+    pub content_type: Option<String>,
 }
 
 /// Local-or-forward decisions and forwarding with retries for one edge.
@@ -190,9 +208,11 @@ impl Dispatcher {
     /// or 503, within the retry budget. Non-idempotent ones are retried
     /// only when the request cannot have reached the peer.
     pub async fn forward(&self, f: &Function, mut fwd: Forward) -> Result<Reply, DispatchError> {
-        if fwd.hops >= self.max_hops() {
-            return Err(DispatchError::HopLimit(self.max_hops()));
+        let max_hops = fwd.route.as_ref().map_or(self.max_hops(), |r| r.max_hops);
+        if fwd.hops >= max_hops {
+            return Err(DispatchError::HopLimit(max_hops));
         }
+        let idempotent = fwd.route.as_ref().map_or(f.idempotent, |r| r.retryable);
         let now = Instant::now();
         self.budget
             .lock()
@@ -235,7 +255,7 @@ impl Dispatcher {
             // Leave time for a retry elsewhere when one is allowed and
             // another candidate exists.
             let remaining = fwd.deadline.saturating_duration_since(now);
-            let more = f.idempotent && !self.candidates(f, &fwd.exclude, now).is_empty();
+            let more = idempotent && !self.candidates(f, &fwd.exclude, now).is_empty();
             let attempt_deadline = if more {
                 now + remaining / 2
             } else {
@@ -252,12 +272,12 @@ impl Dispatcher {
                     });
                 }
                 Attempt::MaybeSent(message, reply) => {
-                    tracing::debug!(peer = %name, %message, idempotent = f.idempotent, "forward failed");
+                    tracing::debug!(peer = %name, %message, idempotent, "forward failed");
                     let err = DispatchError::Failed {
                         peer: name,
                         message,
                     };
-                    if !f.idempotent {
+                    if !idempotent {
                         return match reply {
                             Some(r) => Ok(r),
                             None => Err(err),
@@ -269,6 +289,23 @@ impl Dispatcher {
                     last = Some(err);
                 }
             }
+        }
+    }
+
+    /// SIMULATION ONLY: the emulated WAN round trip to `peer`
+    /// (`mesh.simulated_rtt_ms_per_1000km`; zero when off).
+    pub fn simulated_rtt(&self, peer: EdgeId) -> Duration {
+        let per_1000km = self.mesh.settings.simulated_rtt_ms_per_1000km;
+        if per_1000km <= 0.0 {
+            return Duration::ZERO;
+        }
+        let view = self.view.load();
+        let edges = &view.topology.edges;
+        match (edges.get(self.mesh.edge), edges.get(peer)) {
+            (Some(a), Some(b)) => {
+                Duration::from_secs_f64(a.location.distance_km(&b.location) * per_1000km / 1e6)
+            }
+            _ => Duration::ZERO,
         }
     }
 
@@ -322,18 +359,43 @@ impl Dispatcher {
             self.mesh.drop_connection(peer, &conn);
             return Attempt::NotSent("connection closed".into());
         }
+        // SIMULATION ONLY: half the emulated round trip on the way there,
+        // half on the way back (the deadline still applies).
+        let half_rtt = self.simulated_rtt(peer) / 2;
+        if !half_rtt.is_zero() {
+            tokio::time::sleep(half_rtt.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .as_millis()
             .max(1);
-        let mut req = Request::invoke(&fwd.function, fwd.payload.clone())
-            .header(HOP_HEADER, &(fwd.hops + 1).to_string())
-            .header(DEADLINE_HEADER, &remaining.to_string())
-            .header(REQUEST_ID_HEADER, &fwd.request_id);
+        let mut req = match &fwd.route {
+            None => Request::invoke(&fwd.function, fwd.payload.clone()),
+            Some(r) => {
+                let mut req = Request::invoke(&fwd.function, fwd.payload.clone());
+                req.path = "/route".to_string();
+                req = req
+                    .header(crate::route::ROUTE_HEADER, &r.stack)
+                    .header(crate::route::PROGRESS_HEADER, &r.progress);
+                if let Some(ct) = &r.content_type {
+                    req = req.header("content-type", ct);
+                }
+                req
+            }
+        }
+        .header(HOP_HEADER, &(fwd.hops + 1).to_string())
+        .header(DEADLINE_HEADER, &remaining.to_string())
+        .header(REQUEST_ID_HEADER, &fwd.request_id);
         if let Some(t) = &fwd.trace {
             req = req.header(TRACE_HEADER, t);
         }
-        match tokio::time::timeout_at(deadline, conn.send(req)).await {
+        let sent = tokio::time::timeout_at(deadline, conn.send(req)).await;
+        if !half_rtt.is_zero() && sent.as_ref().is_ok_and(|r| r.is_ok()) {
+            tokio::time::sleep(half_rtt.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+        match sent {
             Err(_) => Attempt::MaybeSent("timed out".into(), None),
             Ok(Err(e)) => {
                 if conn.quic().close_reason().is_some() {

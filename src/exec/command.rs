@@ -93,7 +93,13 @@ impl CommandPool {
         let deadline = deadline.min(started + self.f.timeout);
         self.running.fetch_add(1, Ordering::AcqRel);
         let result = self
-            .run(&inv.request_id, inv.payload, deadline, started)
+            .run(
+                &inv.request_id,
+                inv.trace.as_deref(),
+                inv.payload,
+                deadline,
+                started,
+            )
             .await;
         self.running.fetch_sub(1, Ordering::AcqRel);
         let run = started.elapsed();
@@ -128,13 +134,17 @@ impl CommandPool {
     async fn run(
         &self,
         request_id: &str,
+        trace: Option<&str>,
         payload: Bytes,
         deadline: Instant,
         started: Instant,
     ) -> Result<(Bytes, Option<String>), ExecError> {
+        // TRACEPARENT: the W3C trace context as an environment variable
+        // (the OpenTelemetry convention for processes).
         let env = [
             ("FNROUTE_FUNCTION", self.f.name.clone()),
             ("FNROUTE_REQUEST_ID", request_id.to_string()),
+            ("TRACEPARENT", trace.unwrap_or_default().to_string()),
         ];
         let mut group =
             Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;

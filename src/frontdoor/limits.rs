@@ -48,23 +48,38 @@ pub fn admit_connection(
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
+    /// `POST /fn/{name}`: one function (a one-step route).
     Invoke(&'a str),
+    /// `POST /event/{type}`: an event entering by its type's entry steps.
+    Event(&'a str),
+    /// `POST /route`: an explicit stack in the `fnroute-route` header.
+    Stack,
     MethodNotAllowed,
     NotFound,
 }
 
-/// Maps method and path to a route: only `POST /fn/{name}` exists.
+/// Maps method and path to a route: `POST /fn/{name}`,
+/// `POST /event/{type}` and `POST /route`.
 pub fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
-    let Some(name) = path.strip_prefix("/fn/") else {
+    let found = if path == "/route" {
+        Route::Stack
+    } else if let Some(name) = path.strip_prefix("/fn/") {
+        if name.is_empty() || name.contains('/') {
+            return Route::NotFound;
+        }
+        Route::Invoke(name)
+    } else if let Some(kind) = path.strip_prefix("/event/") {
+        if kind.is_empty() || kind.contains('/') {
+            return Route::NotFound;
+        }
+        Route::Event(kind)
+    } else {
         return Route::NotFound;
     };
-    if name.is_empty() || name.contains('/') {
-        return Route::NotFound;
-    }
     if method != http::Method::POST {
         return Route::MethodNotAllowed;
     }
-    Route::Invoke(name)
+    found
 }
 
 /// The deadline of one invocation: the function's timeout, shortened by
@@ -154,6 +169,11 @@ mod tests {
         assert_eq!(route(&post, "/fn/a/b"), Route::NotFound);
         assert_eq!(route(&post, "/"), Route::NotFound);
         assert_eq!(route(&post, "/function/x"), Route::NotFound);
+        assert_eq!(route(&post, "/event/document"), Route::Event("document"));
+        assert_eq!(route(&post, "/event/"), Route::NotFound);
+        assert_eq!(route(&post, "/route"), Route::Stack);
+        assert_eq!(route(&post, "/route/x"), Route::NotFound);
+        assert_eq!(route(&http::Method::GET, "/route"), Route::MethodNotAllowed);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod cached;
 pub mod client;
 pub mod limits;
 pub mod problem;
+mod routed;
 mod server;
 pub mod tls;
 

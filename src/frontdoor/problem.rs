@@ -36,6 +36,18 @@ pub enum ProblemKind {
     NoEdge,
     /// Forwarding to a peer edge failed.
     ForwardFailed,
+    /// A route names a step that is no function and no route.
+    UnknownStep,
+    /// `POST /event/{type}` for a type the topology does not define.
+    UnknownEvent,
+    /// A route executed `routing.max_steps` steps.
+    StepLimit,
+    /// A route expanded `routing.max_expansions` times.
+    ExpansionLimit,
+    /// A route's stack grew over `routing.max_stack_depth`.
+    StackDepth,
+    /// A gatekeeper's output is not a routing envelope.
+    GatekeeperOutput,
 }
 
 impl ProblemKind {
@@ -59,6 +71,12 @@ impl ProblemKind {
             Self::HopLimit => "hop-limit",
             Self::NoEdge => "no-healthy-edge",
             Self::ForwardFailed => "forward-failed",
+            Self::UnknownStep => "unknown-step",
+            Self::UnknownEvent => "unknown-event-type",
+            Self::StepLimit => "route-step-limit",
+            Self::ExpansionLimit => "route-expansion-limit",
+            Self::StackDepth => "route-stack-depth",
+            Self::GatekeeperOutput => "gatekeeper-output",
         }
     }
 
@@ -79,6 +97,10 @@ impl ProblemKind {
             Self::HopLimit => StatusCode::LOOP_DETECTED,
             Self::NoEdge => StatusCode::SERVICE_UNAVAILABLE,
             Self::ForwardFailed => StatusCode::BAD_GATEWAY,
+            Self::UnknownStep => StatusCode::BAD_REQUEST,
+            Self::UnknownEvent => StatusCode::NOT_FOUND,
+            Self::StepLimit | Self::ExpansionLimit | Self::StackDepth => StatusCode::LOOP_DETECTED,
+            Self::GatekeeperOutput => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -102,6 +124,12 @@ impl ProblemKind {
             Self::HopLimit => "hop limit reached",
             Self::NoEdge => "no healthy edge",
             Self::ForwardFailed => "forwarding failed",
+            Self::UnknownStep => "unknown route step",
+            Self::UnknownEvent => "unknown event type",
+            Self::StepLimit => "route step limit reached",
+            Self::ExpansionLimit => "route expansion limit reached",
+            Self::StackDepth => "route stack too deep",
+            Self::GatekeeperOutput => "bad gatekeeper output",
         }
     }
 }
@@ -115,6 +143,18 @@ pub struct Problem {
     /// The function's error type (`errorType`) for function errors.
     pub error_type: Option<String>,
     pub retry_after: Option<Duration>,
+    /// Where on a route it happened (routed events only; boxed so that
+    /// `Result<_, Problem>` stays small).
+    pub route: Option<Box<RouteAt>>,
+}
+
+/// The step and path of a problem on a route.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAt {
+    /// The route step that failed.
+    pub step: Option<String>,
+    /// The path taken so far, `step@edge, ...`.
+    pub path: Option<String>,
 }
 
 impl Problem {
@@ -125,7 +165,25 @@ impl Problem {
             function: None,
             error_type: None,
             retry_after: None,
+            route: None,
         }
+    }
+
+    /// Names the route step this problem happened at.
+    pub fn step(mut self, step: &str) -> Self {
+        self.route.get_or_insert_with(Box::default).step = Some(step.to_string());
+        self
+    }
+
+    /// The path taken so far, if this problem is on a route.
+    pub fn route_path(&self) -> Option<&str> {
+        self.route.as_ref().and_then(|r| r.path.as_deref())
+    }
+
+    /// Sets the path taken so far.
+    pub fn path(mut self, path: String) -> Self {
+        self.route.get_or_insert_with(Box::default).path = Some(path);
+        self
     }
 
     pub fn function(mut self, name: &str) -> Self {
@@ -189,6 +247,14 @@ impl Problem {
         }
         if let Some(t) = &self.error_type {
             v["errorType"] = t.clone().into();
+        }
+        if let Some(r) = &self.route {
+            if let Some(s) = &r.step {
+                v["step"] = s.clone().into();
+            }
+            if let Some(p) = &r.path {
+                v["path"] = p.clone().into();
+            }
         }
         serde_json::to_vec(&v).unwrap_or_default()
     }

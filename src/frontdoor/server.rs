@@ -27,7 +27,7 @@ use super::CACHE_HEADER;
 use crate::node::EdgeContext;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+pub(super) type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// How long the endpoint may take to tell peers it closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -37,9 +37,9 @@ const LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// State shared by every connection of one front door.
 pub(crate) struct Shared {
-    cx: EdgeContext,
-    edge_name: String,
-    settings: QuicSettings,
+    pub(super) cx: EdgeContext,
+    pub(super) edge_name: String,
+    pub(super) settings: QuicSettings,
     /// In-flight invocations on this edge (`edge.capacity` permits).
     admission: Semaphore,
     /// Connections accepted and not yet closed.
@@ -402,11 +402,19 @@ async fn request(
     };
     let span = tracing::debug_span!("invoke", r#fn = %name, req = %id, edge = %shared.edge_name, peer = ?peer);
     async {
+        let route = limits::route(req.method(), req.uri().path());
         let result = if req.uri().path() == "/health" {
             health(&shared, &req, &mut stream, peer.as_deref())
+        } else if matches!(route, Route::Event(_) | Route::Stack) {
+            super::routed::handle(&shared, &req, &mut stream, &id, early, started, read_deadline, peer.as_deref()).await
         } else {
             handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline, peer.as_deref()).await
         };
+        if let Route::Invoke(_) = route {
+            // Only names from the topology become label values.
+            let known = shared.cx.topology.function(&name).map_or("other", |f| f.name.as_str());
+            record_invocation(&shared.edge_name, known, &result, started);
+        }
         let sent = match result {
             Ok(resp) => send(&mut stream, resp.0, resp.1).await,
             Err(problem) => {
@@ -423,7 +431,7 @@ async fn request(
     .await
 }
 
-type Reply = (Response<()>, Bytes);
+pub(super) type Reply = (Response<()>, Bytes);
 
 #[allow(clippy::too_many_arguments)]
 async fn handle(
@@ -440,6 +448,12 @@ async fn handle(
     let edge = &shared.edge_name;
     match limits::route(req.method(), req.uri().path()) {
         Route::Invoke(_) => {}
+        Route::Event(_) | Route::Stack => {
+            return Err(Problem::new(
+                ProblemKind::Internal,
+                "routed request reached the invoke handler",
+            ));
+        }
         Route::MethodNotAllowed => {
             return Err(Problem::new(
                 ProblemKind::MethodNotAllowed,
@@ -450,7 +464,7 @@ async fn handle(
             return Err(Problem::new(
                 ProblemKind::NotFound,
                 format!(
-                    "no resource at {:?}; invoke functions with POST /fn/{{name}}",
+                    "no resource at {:?}; invoke functions with POST /fn/{{name}}, events with POST /event/{{type}} or POST /route",
                     req.uri().path()
                 ),
             ));
@@ -517,20 +531,7 @@ async fn handle(
     }
     let payload = read_body(stream, max, read_deadline)
         .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(n) => too_large(n),
-            BodyError::Timeout => Problem::new(
-                ProblemKind::BodyTimeout,
-                format!(
-                    "request body not received within {} ms",
-                    shared.settings.body_read_timeout.as_millis()
-                ),
-            )
-            .function(name),
-            BodyError::Stream(e) => {
-                Problem::new(ProblemKind::BadRequest, format!("reading body: {e}")).function(name)
-            }
-        })?;
+        .map_err(|e| body_problem(e, &shared.settings).function(name))?;
 
     let deadline = Instant::now() + timeout;
     let trace = peer
@@ -549,6 +550,7 @@ async fn handle(
         request_id: id.to_string(),
         trace: trace.clone(),
         exclude: exclude.clone(),
+        route: None,
     };
     // Local when hosted here and the pool has room (or the hop limit
     // leaves no choice); otherwise the best peer.
@@ -620,6 +622,10 @@ async fn handle(
     };
     tracing::debug!(bytes = reply.body.len(), %timing, cache = status.map(CacheStatus::as_str), "invoked");
     let mut head = base_response(StatusCode::OK, edge, id)
+        .header(
+            crate::route::PATH_HEADER,
+            crate::route::path_entry(&function.name, edge),
+        )
         .header(header::CONTENT_TYPE, reply.content_type.clone())
         .header(header::CONTENT_LENGTH, reply.body.len())
         .header("server-timing", timing);
@@ -636,7 +642,7 @@ async fn handle(
 }
 
 /// Admission and execution of one invocation (what a cache miss runs).
-async fn execute(
+pub(super) async fn execute(
     shared: Arc<Shared>,
     inv: Invocation,
     kind: crate::config::ExecutorKind,
@@ -737,13 +743,47 @@ async fn forwarded(
             b = b.header(h, v.clone());
         }
     }
-    if let Some(v) = reply.headers.get("server-timing") {
-        b = b.header("server-timing", v.clone());
+    for h in ["server-timing", crate::route::PATH_HEADER] {
+        if let Some(v) = reply.headers.get(h) {
+            b = b.header(h, v.clone());
+        }
     }
     let head = b
         .body(())
         .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
     Ok((head, reply.body))
+}
+
+/// Counts one `POST /fn/{name}` by outcome ("ok", "error" for a relayed
+/// error, or the problem's slug) and path (run here or forwarded).
+fn record_invocation(
+    edge: &str,
+    function: &str,
+    result: &Result<Reply, Problem>,
+    started: Instant,
+) {
+    use crate::metrics::Path;
+    let (outcome, path) = match result {
+        Ok((head, _)) => {
+            let outcome = if head.status().is_success() {
+                "ok"
+            } else {
+                "error"
+            };
+            let ran_on = head
+                .headers()
+                .get(EDGE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let path = if ran_on.is_some_and(|e| e != edge) {
+                Path::Forwarded
+            } else {
+                Path::Local
+            };
+            (outcome, path)
+        }
+        Err(p) => (p.kind.slug(), Path::Local),
+    };
+    crate::metrics::invocation(edge, function, outcome, path, started.elapsed());
 }
 
 /// `GET /health`: this edge's load and state, for authenticated cluster
@@ -781,14 +821,39 @@ fn health(
     Ok((head, body))
 }
 
-enum BodyError {
+/// The problem for a body that could not be read.
+pub(super) fn body_problem(e: BodyError, settings: &QuicSettings) -> Problem {
+    match e {
+        BodyError::TooLarge(n) => Problem::new(
+            ProblemKind::PayloadTooLarge,
+            format!(
+                "payload of {n} bytes is over the limit of {} bytes",
+                settings.max_payload_bytes
+            ),
+        ),
+        BodyError::Timeout => Problem::new(
+            ProblemKind::BodyTimeout,
+            format!(
+                "request body not received within {} ms",
+                settings.body_read_timeout.as_millis()
+            ),
+        ),
+        BodyError::Stream(e) => Problem::new(ProblemKind::BadRequest, format!("reading body: {e}")),
+    }
+}
+
+pub(super) enum BodyError {
     TooLarge(u64),
     Timeout,
     Stream(h3::error::StreamError),
 }
 
 /// Reads the request body, never holding more than `max` bytes.
-async fn read_body(stream: &mut Stream, max: u64, deadline: Instant) -> Result<Bytes, BodyError> {
+pub(super) async fn read_body(
+    stream: &mut Stream,
+    max: u64,
+    deadline: Instant,
+) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
     loop {
         let chunk = match tokio::time::timeout_at(deadline, stream.recv_data()).await {
@@ -811,7 +876,7 @@ async fn read_body(stream: &mut Stream, max: u64, deadline: Instant) -> Result<B
     }
 }
 
-fn base_response(status: StatusCode, edge: &str, id: &str) -> http::response::Builder {
+pub(super) fn base_response(status: StatusCode, edge: &str, id: &str) -> http::response::Builder {
     let mut b = Response::builder().status(status);
     if let Ok(v) = HeaderValue::from_str(edge) {
         b = b.header(EDGE_HEADER, v);
@@ -832,6 +897,9 @@ fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
     }
     if p.kind == ProblemKind::MethodNotAllowed {
         b = b.header(header::ALLOW, "POST");
+    }
+    if let Some(v) = p.route_path().and_then(|v| HeaderValue::from_str(v).ok()) {
+        b = b.header(crate::route::PATH_HEADER, v);
     }
     let head = b.body(()).unwrap_or_else(|_| {
         let mut r = Response::new(());

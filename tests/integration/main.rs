@@ -13,3 +13,4 @@ mod frontdoor;
 mod geo;
 mod harness;
 mod mesh;
+mod routing;

@@ -14,16 +14,16 @@ use fnroute::config::Topology;
 use fnroute::frontdoor::client::{resolve, Client, Request, Trust};
 use fnroute::node::Fleet;
 
-const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
-const NAMES: [&str; 3] = ["fra", "nyc", "sin"];
+pub(crate) const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+pub(crate) const NAMES: [&str; 3] = ["fra", "nyc", "sin"];
 
-fn repo(p: &str) -> PathBuf {
+pub(crate) fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
 /// A port free for UDP and TCP on all three edge addresses (checked, then
 /// released; tests pick fresh ones so they do not collide).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     for _ in 0..200 {
         let Ok(s) = UdpSocket::bind((IPS[0], 0)) else {
             continue;
@@ -43,13 +43,13 @@ fn free_port() -> u16 {
 }
 
 /// Ports of one test: dns, quic, admin (the same on every edge address).
-struct Ports {
-    dns: u16,
-    quic: u16,
-    admin: u16,
+pub(crate) struct Ports {
+    pub(crate) dns: u16,
+    pub(crate) quic: u16,
+    pub(crate) admin: u16,
 }
 
-fn ports() -> Ports {
+pub(crate) fn ports() -> Ports {
     loop {
         let p = Ports {
             dns: free_port(),
@@ -62,7 +62,7 @@ fn ports() -> Ports {
     }
 }
 
-fn rewrite_ports(t: &mut Topology, p: &Ports) {
+pub(crate) fn rewrite_ports(t: &mut Topology, p: &Ports) {
     for e in &mut t.edges {
         let ip = e.quic_listen.ip();
         e.dns_listen = SocketAddr::new(ip, p.dns);
@@ -71,7 +71,7 @@ fn rewrite_ports(t: &mut Topology, p: &Ports) {
     }
 }
 
-fn quic(edge: usize, p: &Ports) -> SocketAddr {
+pub(crate) fn quic(edge: usize, p: &Ports) -> SocketAddr {
     SocketAddr::new(IPS[edge].parse().unwrap(), p.quic)
 }
 
@@ -79,7 +79,7 @@ fn dns(edge: usize, p: &Ports) -> SocketAddr {
     SocketAddr::new(IPS[edge].parse().unwrap(), p.dns)
 }
 
-fn client() -> Client {
+pub(crate) fn client() -> Client {
     Client::new(&Trust::Insecure, "127.0.0.1:0".parse().unwrap()).expect("client")
 }
 
@@ -114,7 +114,7 @@ async fn start_three(dir: &Path) -> (Ports, Arc<Topology>, Fleet) {
 
 /// A topology file for real processes: command functions only, absolute
 /// paths, probing every 100 ms (fall 3, rise 2).
-fn write_topology(dir: &Path, p: &Ports, extra: &str) -> PathBuf {
+pub(crate) fn write_topology(dir: &Path, p: &Ports, extra: &str) -> PathBuf {
     let edges: String = (0..3)
         .map(|i| {
             let loc = [
@@ -179,14 +179,14 @@ idempotent = true
 }
 
 /// Edge processes, killed (SIGKILL) when dropped.
-struct Procs {
+pub(crate) struct Procs {
     config: PathBuf,
     dir: PathBuf,
     children: Vec<Option<Child>>,
 }
 
 impl Procs {
-    fn start(config: PathBuf, dir: &Path) -> Self {
+    pub(crate) fn start(config: PathBuf, dir: &Path) -> Self {
         let mut p = Self {
             config,
             dir: dir.to_path_buf(),
@@ -198,7 +198,7 @@ impl Procs {
         p
     }
 
-    fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -226,7 +226,7 @@ impl Procs {
         })
     }
 
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -239,7 +239,7 @@ impl Procs {
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         NAMES
             .iter()
             .map(|n| {
@@ -276,7 +276,7 @@ impl Drop for Procs {
 }
 
 /// Invokes `function` on `edge` with a fresh connection; (status, edge).
-async fn invoke_once(
+pub(crate) async fn invoke_once(
     c: &Client,
     edge: SocketAddr,
     function: &str,
@@ -294,7 +294,7 @@ async fn invoke_once(
 }
 
 /// Waits until every edge answers and `resize` through fra succeeds.
-async fn wait_ready(p: &Ports, procs: &mut Procs) -> Result<(), String> {
+pub(crate) async fn wait_ready(p: &Ports, procs: &mut Procs) -> Result<(), String> {
     let c = client();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
@@ -325,7 +325,7 @@ async fn wait_ready(p: &Ports, procs: &mut Procs) -> Result<(), String> {
 /// Three edge processes on fresh ports, ready to serve. Ports are checked
 /// free and then released, so another test may grab one meanwhile: a
 /// process that exits at start (port taken) means new ports and a retry.
-async fn start_procs(dir: &Path, extra: &str, functions: &str) -> (Ports, Procs) {
+pub(crate) async fn start_procs(dir: &Path, extra: &str, functions: &str) -> (Ports, Procs) {
     let mut last = String::new();
     for _ in 0..3 {
         let p = ports();

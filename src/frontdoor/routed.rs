@@ -1,0 +1,525 @@
+//! Routed events: `POST /event/{type}` and `POST /route` (function source
+//! routing, docs/routing.md). This edge runs the consecutive steps it
+//! hosts and can take, then hands the event and the rest of the stack to
+//! the best edge for the next step (`POST /route` over the mesh) and
+//! relays the reply back, putting its own part of the path in front. The
+//! pure rules (stack, expansion, bounds, envelope, trace context) live in
+//! `crate::route`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use tokio::time::Instant;
+
+use super::limits::{self, Route};
+use super::problem::{Problem, ProblemKind};
+use super::server::{base_response, body_problem, execute, read_body, Reply, Shared, Stream};
+use super::EDGE_HEADER;
+use crate::cache::{self, CacheKey};
+use crate::config::Function;
+use crate::dispatch::{DispatchError, Dispatcher, Forward, RouteCarry};
+use crate::exec::Invocation;
+use crate::metrics::Path as MetricPath;
+use crate::route::{self, Progress, RouteError, Stack, Trace, MODE_HEADER, PATH_HEADER};
+
+/// One routed event on this edge.
+struct Run<'a> {
+    shared: &'a Arc<Shared>,
+    req: &'a http::Request<()>,
+    id: &'a str,
+    stack: Stack,
+    progress: Progress,
+    hops: u32,
+    deadline: Instant,
+    /// This edge's span of the route's trace.
+    trace: Trace,
+    orchestrated: bool,
+    event: Bytes,
+    content_type: HeaderValue,
+    /// `step@edge` of every step this edge ran (or, orchestrated, had run).
+    path: Vec<String>,
+    /// The edge that ran the last step.
+    last_edge: String,
+    /// When this edge took the request.
+    started: Instant,
+}
+
+/// Handles `POST /event/{type}` and `POST /route` (from clients and, with
+/// the internal headers honoured, from authenticated peers).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn handle(
+    shared: &Arc<Shared>,
+    req: &http::Request<()>,
+    stream: &mut Stream,
+    id: &str,
+    early: bool,
+    started: Instant,
+    read_deadline: Instant,
+    peer: Option<&str>,
+) -> Result<Reply, Problem> {
+    let topo = &shared.cx.topology;
+    let bounds = topo.routing.bounds;
+    let header = |h: &str| req.headers().get(h).and_then(|v| v.to_str().ok());
+    // Internal headers count only from authenticated peers.
+    let internal = |h: &str| peer.and_then(|_| header(h));
+    let stack = match limits::route(req.method(), req.uri().path()) {
+        Route::Event(kind) => {
+            let kind = kind.to_ascii_lowercase();
+            let entry = topo.routing.events.get(&kind).ok_or_else(|| {
+                Problem::new(
+                    ProblemKind::UnknownEvent,
+                    format!("unknown event type {kind:?}; the topology's [[event]] tables define the types"),
+                )
+            })?;
+            Stack::new(entry.iter().cloned())
+        }
+        Route::Stack => {
+            let raw = header(route::ROUTE_HEADER).ok_or_else(|| {
+                Problem::new(
+                    ProblemKind::BadRequest,
+                    format!(
+                        "POST /route needs a {} header with the steps, e.g. \"edit log process\"",
+                        route::ROUTE_HEADER
+                    ),
+                )
+            })?;
+            // Clients' stacks are bounded by max_stack_depth; a peer's
+            // stack was checked where it grew.
+            let depth = if peer.is_some() {
+                u32::MAX
+            } else {
+                bounds.max_stack_depth
+            };
+            let stack = Stack::parse(raw, depth).map_err(|e| client_route_problem(&e))?;
+            // Every step must be known before anything runs.
+            route::check_known(topo, stack.steps()).map_err(|e| client_route_problem(&e))?;
+            stack
+        }
+        _ => {
+            return Err(Problem::new(
+                ProblemKind::MethodNotAllowed,
+                format!("method {} is not allowed; use POST", req.method()),
+            ))
+        }
+    };
+    if early && !route::retryable(topo, &stack) {
+        return Err(Problem::new(
+            ProblemKind::TooEarly,
+            "the route has steps that are not idempotent; retry after the handshake",
+        ));
+    }
+    let progress = match internal(route::PROGRESS_HEADER) {
+        Some(p) => Progress::parse(p).ok_or_else(|| {
+            Problem::new(ProblemKind::BadRequest, "malformed route progress header")
+        })?,
+        None => Progress::default(),
+    };
+    let number = |h: &str| internal(h).and_then(|v| v.trim().parse::<u64>().ok());
+    let hops = number(crate::dispatch::HOP_HEADER)
+        .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    let timeout = limits::invocation_timeout(
+        bounds.timeout,
+        req.headers()
+            .get(limits::TIMEOUT_HEADER)
+            .map(|v| v.as_bytes()),
+    )
+    .map_err(|d| Problem::new(ProblemKind::BadRequest, d))?;
+    let timeout = match number(crate::dispatch::DEADLINE_HEADER) {
+        Some(ms) => timeout.min(Duration::from_millis(ms.max(1))),
+        None => timeout,
+    };
+    let trace = match internal(crate::dispatch::TRACE_HEADER).and_then(Trace::parse) {
+        Some(t) => t.child(rand::random()),
+        None => Trace::root(rand::random(), rand::random()),
+    };
+    let orchestrated = match header(MODE_HEADER).map(str::trim) {
+        None | Some("source") => false,
+        Some("orchestrated") => peer.is_none(),
+        Some(other) => {
+            return Err(Problem::new(
+                ProblemKind::BadRequest,
+                format!("{MODE_HEADER}: {other:?} is neither \"source\" nor \"orchestrated\""),
+            ))
+        }
+    };
+    let event = read_body(stream, shared.settings.max_payload_bytes, read_deadline)
+        .await
+        .map_err(|e| body_problem(e, &shared.settings))?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(limits::sniff_content_type(&event)));
+    tracing::debug!(stack = %stack.to_header(), hops, ?progress, trace = %trace.trace_id_hex(), orchestrated, "route");
+    let run = Run {
+        shared,
+        req,
+        id,
+        stack,
+        progress,
+        hops,
+        deadline: Instant::now() + timeout,
+        trace,
+        orchestrated,
+        event,
+        content_type,
+        path: Vec::new(),
+        last_edge: shared.edge_name.clone(),
+        started,
+    };
+    let result = run.go().await;
+    if peer.is_none() {
+        let outcome = match &result {
+            Ok((head, _)) if head.status().is_success() => "ok",
+            Ok(_) => "error",
+            Err(p) => p.kind.slug(),
+        };
+        crate::metrics::route(&shared.edge_name, outcome, started.elapsed());
+    }
+    result
+}
+
+/// Problems with a client's stack: 400, before anything runs.
+fn client_route_problem(e: &RouteError) -> Problem {
+    let kind = match e {
+        RouteError::UnknownStep(_) => ProblemKind::UnknownStep,
+        _ => ProblemKind::BadRequest,
+    };
+    let p = Problem::new(kind, e.to_string());
+    match e {
+        RouteError::UnknownStep(s) | RouteError::BadName(s) => p.step(s),
+        _ => p,
+    }
+}
+
+impl Run<'_> {
+    fn edge(&self) -> &str {
+        &self.shared.edge_name
+    }
+
+    fn path_so_far(&self) -> String {
+        route::join_path(&self.path, None)
+    }
+
+    /// A problem of this edge, naming the step and the path so far.
+    fn fail(&self, p: Problem, step: Option<&str>) -> Problem {
+        let p = p.path(self.path_so_far());
+        match step {
+            Some(s) => p.step(s).function(s),
+            None => p,
+        }
+    }
+
+    fn route_error(&self, e: RouteError) -> Problem {
+        let (kind, step) = match &e {
+            RouteError::StepLimit { next, .. } => (ProblemKind::StepLimit, Some(next.clone())),
+            RouteError::ExpansionLimit { step, .. } => {
+                (ProblemKind::ExpansionLimit, Some(step.clone()))
+            }
+            RouteError::TooDeep { .. } => (ProblemKind::StackDepth, None),
+            RouteError::BadEnvelope { step, .. } => {
+                (ProblemKind::GatekeeperOutput, Some(step.clone()))
+            }
+            RouteError::UnknownStep(s) | RouteError::BadName(s) => {
+                (ProblemKind::UnknownStep, Some(s.clone()))
+            }
+            RouteError::Empty => (ProblemKind::BadRequest, None),
+        };
+        let detail = format!("{e} (on edge {:?})", self.edge());
+        self.fail(Problem::new(kind, detail), step.as_deref())
+    }
+
+    async fn go(mut self) -> Result<Reply, Problem> {
+        let started = self.started;
+        let shared = self.shared;
+        let topo = &shared.cx.topology;
+        let bounds = topo.routing.bounds;
+        let dispatch = shared.cx.dispatch.as_deref();
+        // A step whose local pool was full: hand it to a peer instead.
+        let mut elsewhere = false;
+        loop {
+            let f = match route::next_function(topo, &mut self.stack, &mut self.progress) {
+                Ok(Some(f)) => f,
+                Ok(None) => return self.done(),
+                Err(e) => return Err(self.route_error(e)),
+            };
+            let step = f.name.clone();
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Err(self.fail(
+                    Problem::new(
+                        ProblemKind::DeadlineExceeded,
+                        format!(
+                            "the route's deadline passed before step {step:?} on edge {:?}",
+                            self.edge()
+                        ),
+                    ),
+                    Some(&step),
+                ));
+            }
+            let hosted = shared.cx.exec.function(&step).is_some();
+            let local = hosted
+                && match dispatch {
+                    None => true,
+                    Some(_) => {
+                        self.hops >= bounds.max_hops
+                            || !(elsewhere
+                                || Dispatcher::saturated(&shared.cx.exec, f, topo.executors.queue))
+                    }
+                };
+            elsewhere = false;
+            if !local {
+                let Some(d) = dispatch else {
+                    return Err(self.fail(
+                        Problem::new(
+                            ProblemKind::NoEdge,
+                            format!(
+                                "step {step:?} is not hosted on edge {:?} and this edge has no mesh to forward it",
+                                self.edge()
+                            ),
+                        ),
+                        Some(&step),
+                    ));
+                };
+                crate::metrics::route_step(self.edge(), &step, MetricPath::Forwarded);
+                if self.orchestrated {
+                    self.stack.pop();
+                    if let Err(e) = self.progress.begin_step(&bounds, &step) {
+                        return Err(self.route_error(e));
+                    }
+                    let reply = self.call_remote(d, f).await?;
+                    if reply.status != 200 {
+                        return self.relay(reply);
+                    }
+                    let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
+                    let ct = reply
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .cloned()
+                        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+                    self.path.push(route::path_entry(&step, &ran_on));
+                    self.last_edge = ran_on;
+                    self.apply(f, reply.body, ct)?;
+                    continue;
+                }
+                return self.hand_on(d, f).await;
+            }
+            self.stack.pop();
+            if let Err(e) = self.progress.begin_step(&bounds, &step) {
+                return Err(self.route_error(e));
+            }
+            crate::metrics::route_step(self.edge(), &step, MetricPath::Local);
+            match self.run_local(f, started).await {
+                Ok(out) => {
+                    self.path.push(route::path_entry(&step, self.edge()));
+                    self.last_edge = self.edge().to_string();
+                    self.apply(f, out.body, out.content_type)?;
+                }
+                Err(p)
+                    if p.kind == ProblemKind::FunctionSaturated
+                        && dispatch.is_some()
+                        && f.edges.len() > 1
+                        && self.hops < bounds.max_hops =>
+                {
+                    // Spill-over: the pool filled up meanwhile.
+                    self.stack.push(step);
+                    self.progress.steps -= 1;
+                    elsewhere = true;
+                }
+                Err(p) => {
+                    let detail = format!(
+                        "step {step:?} failed on edge {:?}: {}",
+                        self.edge(),
+                        p.detail
+                    );
+                    let p = Problem { detail, ..p };
+                    return Err(self.fail(p, Some(&step)));
+                }
+            }
+        }
+    }
+
+    /// Runs one step on this edge's pool, through the cache when the
+    /// function has a cache policy.
+    async fn run_local(
+        &self,
+        f: &Function,
+        started: Instant,
+    ) -> Result<super::cached::CachedReply, Problem> {
+        let shared = self.shared;
+        let deadline = self.deadline.min(Instant::now() + f.timeout);
+        let inv = Invocation {
+            function: f.name.clone(),
+            payload: self.event.clone(),
+            deadline,
+            request_id: self.id.to_string(),
+            trace: Some(self.trace.child(rand::random()).header()),
+        };
+        let key = f.cache.as_ref().map(|_| {
+            CacheKey::for_request(f, cache::function_version(f), &inv.payload, |h| {
+                self.req.headers().get(h).and_then(|v| v.to_str().ok())
+            })
+        });
+        let run = {
+            let shared = shared.clone();
+            let (kind, timeout) = (f.executor.kind, f.timeout);
+            move || execute(shared, inv, kind, timeout, started)
+        };
+        match key {
+            Some(key) => {
+                shared
+                    .cx
+                    .cache
+                    .fetch(key, f.cache.as_ref(), run)
+                    .await
+                    .result
+            }
+            None => run().await,
+        }
+    }
+
+    /// What a step's output does to the route: a gatekeeper's envelope
+    /// replaces it by the steps it pushes (and may set the event); any
+    /// other function's output is the next step's event.
+    fn apply(
+        &mut self,
+        f: &Function,
+        body: Bytes,
+        content_type: HeaderValue,
+    ) -> Result<(), Problem> {
+        if !f.gatekeeper {
+            self.event = body;
+            self.content_type = content_type;
+            return Ok(());
+        }
+        let topo = &self.shared.cx.topology;
+        let env = route::parse_envelope(topo, &f.name, &body).map_err(|e| self.route_error(e))?;
+        self.stack
+            .expand(&mut self.progress, &topo.routing.bounds, &f.name, &env.push)
+            .map_err(|e| self.route_error(e))?;
+        if let Some(event) = env.event {
+            let bytes = serde_json::to_vec(&event).map_err(|e| {
+                self.fail(
+                    Problem::new(ProblemKind::Internal, e.to_string()),
+                    Some(&f.name),
+                )
+            })?;
+            self.event = Bytes::from(bytes);
+            self.content_type = HeaderValue::from_static("application/json");
+        }
+        Ok(())
+    }
+
+    fn forward_for(&self, f: &Function, carry: Option<RouteCarry>) -> Forward {
+        Forward {
+            function: f.name.clone(),
+            payload: self.event.clone(),
+            deadline: self.deadline,
+            hops: self.hops,
+            request_id: self.id.to_string(),
+            trace: Some(self.trace.child(rand::random()).header()),
+            exclude: Vec::new(),
+            route: carry,
+        }
+    }
+
+    fn dispatch_problem(&self, step: &str, e: DispatchError) -> Problem {
+        let kind = match &e {
+            DispatchError::NoEdge(_) => ProblemKind::NoEdge,
+            DispatchError::HopLimit(_) => ProblemKind::HopLimit,
+            DispatchError::Deadline => ProblemKind::DeadlineExceeded,
+            DispatchError::Failed { .. } => ProblemKind::ForwardFailed,
+        };
+        let detail = format!(
+            "step {step:?} could not be handed on from edge {:?}: {e}",
+            self.edge()
+        );
+        let p = self.fail(Problem::new(kind, detail), Some(step));
+        if kind == ProblemKind::NoEdge {
+            p.retry_after(Duration::from_secs(1))
+        } else {
+            p
+        }
+    }
+
+    /// Source routing: the event and the whole remaining stack (the next
+    /// step first) go to the best edge for the next step.
+    async fn hand_on(&self, d: &Dispatcher, f: &Function) -> Result<Reply, Problem> {
+        let topo = &self.shared.cx.topology;
+        let carry = RouteCarry {
+            stack: self.stack.to_header(),
+            progress: self.progress.to_header(),
+            max_hops: topo.routing.bounds.max_hops,
+            retryable: route::retryable(topo, &self.stack),
+            content_type: self.content_type.to_str().ok().map(str::to_string),
+        };
+        let reply = d
+            .forward(f, self.forward_for(f, Some(carry)))
+            .await
+            .map_err(|e| self.dispatch_problem(&f.name, e))?;
+        self.relay(reply)
+    }
+
+    /// Orchestrated: one step on a peer (`POST /fn/{step}`); the route
+    /// goes on here.
+    async fn call_remote(
+        &self,
+        d: &Dispatcher,
+        f: &Function,
+    ) -> Result<crate::frontdoor::client::Reply, Problem> {
+        d.forward(f, self.forward_for(f, None))
+            .await
+            .map_err(|e| self.dispatch_problem(&f.name, e))
+    }
+
+    /// Relays a later edge's reply: its status, body and headers, with
+    /// this edge's path in front of the path it reports.
+    fn relay(&self, reply: crate::frontdoor::client::Reply) -> Result<Reply, Problem> {
+        let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
+        let path = route::join_path(&self.path, reply.header(PATH_HEADER));
+        let mut b = base_response(status, &ran_on, self.id)
+            .header(header::CONTENT_LENGTH, reply.body.len())
+            .header(crate::dispatch::TRACE_HEADER, self.trace.header());
+        if let Ok(v) = HeaderValue::from_str(&path) {
+            b = b.header(PATH_HEADER, v);
+        }
+        for h in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+            if let Some(v) = reply.headers.get(&h) {
+                b = b.header(h, v.clone());
+            }
+        }
+        b = b.header("server-timing", self.total());
+        let head = b
+            .body(())
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+        Ok((head, reply.body))
+    }
+
+    /// The stack is empty: the event is the result.
+    /// `server-timing` of the whole route as this edge saw it.
+    fn total(&self) -> String {
+        format!(
+            "total;dur={:.3}",
+            self.started.elapsed().as_secs_f64() * 1000.0
+        )
+    }
+
+    fn done(self) -> Result<Reply, Problem> {
+        let mut b = base_response(StatusCode::OK, &self.last_edge, self.id)
+            .header(header::CONTENT_TYPE, self.content_type.clone())
+            .header(header::CONTENT_LENGTH, self.event.len())
+            .header(crate::dispatch::TRACE_HEADER, self.trace.header())
+            .header("server-timing", self.total());
+        if let Ok(v) = HeaderValue::from_str(&self.path_so_far()) {
+            b = b.header(PATH_HEADER, v);
+        }
+        let head = b
+            .body(())
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+        Ok((head, self.event))
+    }
+}
