@@ -319,6 +319,9 @@ pub fn summary(t: &Topology) -> String {
         if f.idempotent {
             extra.push("idempotent".to_string());
         }
+        if f.gatekeeper {
+            extra.push("gatekeeper".to_string());
+        }
         if let Some(c) = &f.cache {
             extra.push(format!("cache {}s", c.ttl.as_secs()));
         }
@@ -335,6 +338,24 @@ pub fn summary(t: &Topology) -> String {
             if extra.is_empty() { "" } else { "  " },
             extra.join(", ")
         );
+    }
+    let r = &t.routing;
+    if !r.routes.is_empty() || !r.events.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nrouting: max {} steps, {} expansions, {} hops, stack depth {}, timeout {} ms",
+            r.bounds.max_steps,
+            r.bounds.max_expansions,
+            r.bounds.max_hops,
+            r.bounds.max_stack_depth,
+            r.bounds.timeout.as_millis()
+        );
+        for (name, steps) in &r.routes {
+            let _ = writeln!(s, "  route {name:<16} -> {}", steps.join(" "));
+        }
+        for (kind, entry) in &r.events {
+            let _ = writeln!(s, "  event {kind:<16} enters at {}", entry.join(" "));
+        }
     }
     s
 }

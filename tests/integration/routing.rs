@@ -205,6 +205,47 @@ async fn document_demo_runs_hop_by_hop_and_returns_along_the_path() {
     assert_eq!(problem(&r)["step"], "nope");
     let r = fra.invoke("process", Bytes::from(doc)).await.unwrap();
     assert_eq!(r.header("fnroute-path"), Some("process@sin"));
+
+    // The command line: `fnroute invoke --event` and `--route`.
+    let edge = quic(0, &p).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |extra: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
+                .args([
+                    "invoke",
+                    "--edge",
+                    &edge,
+                    "--insecure",
+                    "-v",
+                    "--data",
+                    r#"{"text": "a  b"}"#,
+                ])
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        (
+            run(&["--event", "document"]),
+            run(&["--route", "edit-validate nope"]),
+        )
+    })
+    .await
+    .unwrap();
+    let (ok, bad) = out;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(
+        stderr.contains("fnroute-path: classify@fra, edit-front-end@fra"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["text"], "a b");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown step \"nope\""));
     fleet.shutdown(Duration::from_secs(2)).await;
 }
 
