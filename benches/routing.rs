@@ -122,6 +122,9 @@ const FROM_SIN: &str =
     "classify@sin, edit-front-end@fra, edit-validate@fra, edit-apply@fra, log@nyc, process@sin";
 const NYC4: &str = "echo-nyc@nyc, echo-nyc@nyc, echo-nyc@nyc, echo-nyc@nyc";
 
+/// Name, entry connection, request, expected path.
+type Case<'a> = (&'a str, &'a Connection, fn() -> Request, &'a str);
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,7 +134,7 @@ fn bench(c: &mut Criterion) {
 
     // WAN emulated: source routed vs orchestrated.
     let wan = start(&rt, 10.0);
-    let cases: [(&str, &Connection, fn() -> Request, &str); 3] = [
+    let cases: [Case<'_>; 3] = [
         ("demo_from_fra", &wan.fra, || event("document"), FROM_FRA),
         ("demo_from_sin", &wan.sin, || event("document"), FROM_SIN),
         (
