@@ -406,9 +406,11 @@ async fn request(
         let result = if req.uri().path() == "/health" {
             health(&shared, &req, &mut stream, peer.as_deref())
         } else if matches!(route, Route::Event(_) | Route::Stack) {
-            super::routed::handle(&shared, &req, &mut stream, &id, early, started, read_deadline, peer.as_deref()).await
+            // Boxed, like `handle` below: the request task's future stays
+            // small, so spawning it does not copy kilobytes of state.
+            Box::pin(super::routed::handle(&shared, &req, &mut stream, &id, early, started, read_deadline, peer.as_deref())).await
         } else {
-            handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline, peer.as_deref()).await
+            Box::pin(handle(&shared, &req, &mut stream, &name, &id, early, started, read_deadline, peer.as_deref())).await
         };
         if let Route::Invoke(_) = route {
             // Only names from the topology become label values.
@@ -622,10 +624,6 @@ async fn handle(
     };
     tracing::debug!(bytes = reply.body.len(), %timing, cache = status.map(CacheStatus::as_str), "invoked");
     let mut head = base_response(StatusCode::OK, edge, id)
-        .header(
-            crate::route::PATH_HEADER,
-            crate::route::path_entry(&function.name, edge),
-        )
         .header(header::CONTENT_TYPE, reply.content_type.clone())
         .header(header::CONTENT_LENGTH, reply.body.len())
         .header("server-timing", timing);
