@@ -7,6 +7,7 @@
 //! within a bounded grace period.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::config::{EdgeId, Topology};
 use crate::exec::Executors;
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
+use arc_swap::ArcSwap;
 
 /// How often the geo database file is checked for changes.
 pub const GEO_POLL: Duration = Duration::from_secs(5);
@@ -26,13 +28,20 @@ pub const GEO_POLL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct EdgeContext {
     pub edge: EdgeId,
-    pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
     pub view: Arc<LiveView>,
     /// This edge's executor pools (worker processes).
     pub exec: Arc<Executors>,
-    /// Counters of this edge's DNS front door (exported at scrape time).
-    pub dns_stats: Arc<crate::dns::DnsStats>,
+    /// Counters of this edge's DNS front door (exported at scrape time;
+    /// replaced, with the query counters carried over, when a reload
+    /// changes the functions or edges).
+    pub dns_stats: Arc<ArcSwap<crate::dns::DnsStats>>,
+    /// The DNS front door's current state, once it is bound (a reload
+    /// stores a rebuilt one).
+    pub dns_cell: Arc<std::sync::OnceLock<crate::dns::DnsCell>>,
+    /// The process's reloader (shared by every edge of a `Fleet`; weak,
+    /// as the reloader holds the contexts). Unset outside a `Fleet`.
+    pub reloader: Arc<std::sync::OnceLock<std::sync::Weak<Reloader>>>,
     /// This edge's response cache (cheap to clone; shared by the front
     /// door and the admin purge endpoint).
     pub cache: crate::frontdoor::cached::ResponseCache,
@@ -62,31 +71,44 @@ impl EdgeContext {
             view,
             exec: Executors::start(topology.clone(), edge)
                 .with_context(|| format!("starting executors of edge {edge}"))?,
-            dns_stats: Arc::new(crate::dns::DnsStats::new(
+            dns_stats: Arc::new(ArcSwap::from_pointee(crate::dns::DnsStats::new(
                 topology.functions.len(),
                 topology.edges.len(),
-            )),
+            ))),
+            dns_cell: Arc::new(std::sync::OnceLock::new()),
+            reloader: Arc::new(std::sync::OnceLock::new()),
             cache: crate::frontdoor::cached::ResponseCache::new(
                 topology.edges.get(edge).map_or(64 << 20, |e| e.cache_bytes),
             ),
-            topology,
             geo,
         })
     }
 
-    pub fn name(&self) -> &str {
-        self.topology
+    /// The current topology: the one in the live view, so every reader
+    /// sees a reload at the same moment (it is swapped with the view).
+    pub fn topology(&self) -> Arc<Topology> {
+        self.view.load().topology.clone()
+    }
+
+    /// This edge's name (reloads never rename or move the local edge).
+    pub fn name(&self) -> String {
+        self.view
+            .load()
+            .topology
             .edges
             .get(self.edge)
-            .map(|e| e.name.as_str())
-            .unwrap_or("?")
+            .map_or_else(|| "?".to_string(), |e| e.name.clone())
     }
 }
 
 /// The running edges of this process.
 pub struct Fleet {
+    /// The topology the fleet started with (`EdgeContext::topology` is
+    /// the current one after reloads).
     pub topology: Arc<Topology>,
     pub geo: Arc<GeoDb>,
+    /// Reloads the topology (and the geo database) of every edge here.
+    pub reloader: Arc<Reloader>,
     pub edges: Vec<EdgeContext>,
     /// The bound admin address of each edge (same order as `edges`).
     pub admin: Vec<SocketAddr>,
@@ -112,7 +134,9 @@ impl Fleet {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
-        tasks.spawn(reload_on_sighup(geo.clone(), token.child_token()));
+        let reloader = Arc::new(Reloader::new(topology.source.clone(), geo.clone()));
+        let weak = Arc::new(std::sync::OnceLock::new());
+        let _ = weak.set(Arc::downgrade(&reloader));
         tasks.spawn(crate::admin::metrics_upkeep(
             Duration::from_secs(5),
             token.child_token(),
@@ -124,7 +148,8 @@ impl Fleet {
         let mut quic_addrs = Vec::new();
         let mut dns_addrs = Vec::new();
         for &edge in edges {
-            let cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
+            let mut cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
+            cx.reloader = weak.clone();
             let info = topology
                 .edges
                 .get(edge)
@@ -181,6 +206,8 @@ impl Fleet {
             }
             contexts.push(cx);
         }
+        let _ = reloader.contexts.set(contexts.clone());
+        tasks.spawn(reload_on_sighup(reloader.clone(), token.child_token()));
         // Edges sharing this process reach each other at their bound
         // addresses (which differ from the topology's when it says port 0).
         for cx in &contexts {
@@ -193,6 +220,7 @@ impl Fleet {
         Ok(Self {
             topology,
             geo,
+            reloader,
             edges: contexts,
             admin,
             quic_addrs,
@@ -264,14 +292,14 @@ impl Fleet {
     }
 }
 
-/// SIGHUP re-reads the geo database (a corrupt file is rejected and the
-/// database in use kept).
-async fn reload_on_sighup(geo: Arc<GeoDb>, token: CancellationToken) {
+/// SIGHUP re-reads the geo database and the topology (a corrupt database
+/// or an invalid topology is rejected and the one in use kept).
+async fn reload_on_sighup(reloader: Arc<Reloader>, token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reload by replacing the file");
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload with POST /reload");
             return;
         }
     };
@@ -280,9 +308,163 @@ async fn reload_on_sighup(geo: Arc<GeoDb>, token: CancellationToken) {
             () = token.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        tracing::info!("SIGHUP: reloading the geo database");
-        if let Err(error) = geo.reload() {
+        tracing::info!("SIGHUP: reloading the geo database and the topology");
+        let _ = reloader.reload().await;
+    }
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Whether the new topology is in effect.
+    pub applied: bool,
+    pub file: PathBuf,
+    /// Validation errors, or what only a restart can change.
+    pub errors: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// The geo database's generation after the reload, if it reloaded.
+    pub geo_generation: Option<u64>,
+    /// Why the geo database was not reloaded (the old one stays).
+    pub geo_error: Option<String>,
+    /// The view generation of each edge after the reload.
+    pub generations: Vec<(String, u64)>,
+}
+
+/// Re-reads the topology file and applies it to every edge of this
+/// process, live: validated first and rejected whole (with every error
+/// logged) if invalid or if it changes something only a restart can
+/// (`config::reload::restart_required`); otherwise the new topology is
+/// published in each edge's view (read by DNS, dispatch, the front door
+/// and admin at their next request), executor pools are reconciled
+/// (new ones start; replaced and removed ones finish what they took, then
+/// stop), the DNS state is rebuilt, and cached results of changed and
+/// removed functions are purged (their keys carry the old definition's
+/// version anyway). Reloads are serialised.
+pub struct Reloader {
+    source: PathBuf,
+    geo: Arc<GeoDb>,
+    contexts: std::sync::OnceLock<Vec<EdgeContext>>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Reloader {
+    fn new(source: PathBuf, geo: Arc<GeoDb>) -> Self {
+        Self {
+            source,
+            geo,
+            contexts: std::sync::OnceLock::new(),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads the geo database and the topology file.
+    pub async fn reload(&self) -> ReloadReport {
+        let _serial = self.lock.lock().await;
+        let geo = self.geo.clone();
+        let source = self.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let g = geo
+                .reload()
+                .map(|()| geo.generation())
+                .map_err(|e| e.to_string());
+            (g, crate::config::load(&source))
+        })
+        .await;
+        let mut report = ReloadReport {
+            file: self.source.clone(),
+            ..ReloadReport::default()
+        };
+        let (geo, topo) = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                report.errors.push(format!("reload task failed: {e}"));
+                return report;
+            }
+        };
+        if let Err(error) = &geo {
             tracing::error!(%error, "new geo database rejected; keeping the old one");
         }
+        match geo {
+            Ok(g) => report.geo_generation = Some(g),
+            Err(e) => report.geo_error = Some(e),
+        }
+        let new = match topo {
+            Ok(t) => Arc::new(t),
+            Err(errors) => {
+                tracing::error!(file = %self.source.display(), "topology reload rejected, keeping the running one:\n{errors}");
+                report.errors = errors.0.iter().map(|e| e.to_string()).collect();
+                return report;
+            }
+        };
+        let Some(contexts) = self.contexts.get() else {
+            report.errors.push("the edges are still starting".into());
+            return report;
+        };
+        let Some(old) = contexts.first().map(EdgeContext::topology) else {
+            return report;
+        };
+        let restart = crate::config::reload::restart_required(&old, &new);
+        if !restart.is_empty() {
+            tracing::error!(file = %self.source.display(), "topology reload rejected (needs a restart), keeping the running one: {}", restart.join("; "));
+            report.errors = restart;
+            return report;
+        }
+        let (added, changed, removed) = crate::config::reload::function_changes(&old, &new);
+        for cx in contexts {
+            apply(cx, &old, &new, &changed, &removed);
+            report
+                .generations
+                .push((cx.name(), cx.view.load().generation));
+        }
+        tracing::info!(
+            file = %self.source.display(),
+            ?added,
+            ?changed,
+            ?removed,
+            "topology reloaded"
+        );
+        report.applied = true;
+        report.added = added;
+        report.changed = changed;
+        report.removed = removed;
+        report
+    }
+}
+
+/// Applies a validated, live-applicable topology to one edge.
+fn apply(
+    cx: &EdgeContext,
+    old: &Topology,
+    new: &Arc<Topology>,
+    changed: &[String],
+    removed: &[String],
+) {
+    // The view first: DNS, dispatch, the front door and admin read the
+    // topology from it. Same edges, so health states carry over by index.
+    cx.view.update(|v| {
+        let mut next = crate::placement::View::from_topology(new.clone(), v.generation);
+        next.edges = v.edges.clone();
+        next
+    });
+    let pools = cx.exec.reconcile(new.clone());
+    tracing::info!(edge = %cx.name(), added = ?pools.added, changed = ?pools.changed, removed = ?pools.removed, "executor pools reconciled");
+    for f in changed.iter().chain(removed) {
+        let _ = cx.cache.purge_function(f);
+    }
+    let stats = Arc::new(cx.dns_stats.load().carried(old, new));
+    cx.dns_stats.store(stats);
+    if let Some(cell) = cx.dns_cell.get() {
+        let next = crate::dns::DnsState::reloaded(cx, &cell.load());
+        cell.store(Arc::new(next));
     }
 }

@@ -119,7 +119,7 @@ impl AdminServer {
         crate::metrics::install();
         let token = load_token(&cx)?;
         let addr = cx
-            .topology
+            .topology()
             .edges
             .get(cx.edge)
             .map(|e| e.admin_listen)
@@ -214,7 +214,7 @@ pub fn status_of(
     pools: Option<&dyn PoolStats>,
 ) -> status::Status {
     let view = cx.view.load();
-    status::build(&cx.topology, &view, cx.edge, uptime.as_secs_f64(), pools)
+    status::build(&cx.topology(), &view, cx.edge, uptime.as_secs_f64(), pools)
 }
 
 /// The status page for a status document (self-contained HTML).
@@ -340,7 +340,7 @@ fn purge(state: &State, req: &Request<Incoming>, function: Option<&str>) -> Resp
             tracing::info!(edge, "cache purged");
             json_response(StatusCode::OK, &json!({ "edge": edge, "purged": "all" }))
         }
-        Some(name) => match state.cx.topology.function(name) {
+        Some(name) => match state.cx.topology().function(name) {
             None => problem(
                 StatusCode::NOT_FOUND,
                 &format!("unknown function {name:?}"),
@@ -403,6 +403,7 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     // Gauges that mirror the view are refreshed at scrape time.
     let view = state.cx.view.load();
     let me = state.cx.name();
+    let me = me.as_str();
     for (i, e) in view.topology.edges.iter().enumerate() {
         let s = view.edges.get(i).cloned().unwrap_or_default();
         crate::metrics::peer_state(me, &e.name, s.healthy, s.load);
@@ -410,7 +411,7 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     let draining = view.edges.get(state.cx.edge).is_some_and(|s| s.draining);
     crate::metrics::edge_state(me, view.generation, draining);
     // Counters the request paths keep as plain atomics are copied in now.
-    state.cx.dns_stats.export(me, &state.cx.topology);
+    state.cx.dns_stats.load().export(me, &state.cx.topology());
     export_executors(me, &state.cx.exec);
     let c = state.cx.cache.stats();
     crate::metrics::cache_totals(me, c.hits, c.misses, c.stale, c.coalesced);
@@ -481,53 +482,39 @@ async fn reload(
         }
         Ok(Ok(_)) => {}
     }
-    let geo = state.cx.geo.clone();
-    let source = state.cx.topology.source.clone();
-    let edge = state.cx.name().to_string();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let geo_result = geo.reload().map(|()| geo.generation());
-        let topo_result = crate::config::load(&source);
-        (geo_result, topo_result, source)
-    })
-    .await;
-    let Ok((geo_result, topo_result, source)) = outcome else {
+    let Some(reloader) = state.cx.reloader.get().and_then(std::sync::Weak::upgrade) else {
         return problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "reload task failed",
-            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no reloader",
+            Some("this admin listener does not belong to a running fleet"),
         );
     };
-    let geo_json = match &geo_result {
-        Ok(generation) => {
-            json!({ "ok": true, "path": state.cx.geo.path(), "generation": generation })
-        }
-        Err(error) => {
-            tracing::error!(%error, %edge, "admin reload: new geo database rejected; keeping the old one");
-            json!({ "ok": false, "path": state.cx.geo.path(), "error": error.to_string() })
-        }
-    };
-    let topo_json = match &topo_result {
-        Ok(_) => json!({ "ok": true, "file": source, "errors": [] }),
-        Err(errors) => {
-            tracing::error!(%edge, "admin reload: topology invalid:\n{errors}");
-            let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
-            json!({ "ok": false, "file": source, "errors": list })
-        }
-    };
-    let ok = geo_result.is_ok() && topo_result.is_ok();
-    let body = json!({
-        "ok": ok,
-        "geo": geo_json,
-        "topology": topo_json,
-        "applied": if geo_result.is_ok() { vec!["geo database"] } else { Vec::new() },
-        "note": "the topology file was validated only: live topology reload is not implemented yet; \
-                 to apply topology changes, drain and restart the node",
-    });
-    let code = if ok {
+    let report = reloader.reload().await;
+    let ok = report.applied && report.geo_error.is_none();
+    let code = if report.applied {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
+    let body = json!({
+        "ok": ok,
+        "applied": report.applied,
+        "topology": {
+            "ok": report.applied,
+            "file": report.file,
+            "errors": report.errors,
+            "added": report.added,
+            "changed": report.changed,
+            "removed": report.removed,
+        },
+        "geo": {
+            "ok": report.geo_error.is_none(),
+            "path": state.cx.geo.path(),
+            "generation": report.geo_generation,
+            "error": report.geo_error,
+        },
+        "generations": report.generations.iter().map(|(e, g)| json!({"edge": e, "generation": g})).collect::<Vec<_>>(),
+    });
     json_response(code, &body)
 }
 
@@ -540,7 +527,7 @@ fn draining(cx: &EdgeContext) -> bool {
 }
 
 fn load_token(cx: &EdgeContext) -> Result<Option<String>, AdminError> {
-    if let Some(path) = &cx.topology.admin_token_file {
+    if let Some(path) = &cx.topology().admin_token_file {
         let text = std::fs::read_to_string(path).map_err(|source| AdminError::TokenFile {
             path: path.clone(),
             source,

@@ -10,6 +10,7 @@
 
 mod model;
 mod raw;
+pub mod reload;
 mod validate;
 
 use std::fmt;

@@ -71,7 +71,7 @@ impl Default for RouteBounds {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsSettings {
     pub ttl: u32,
     pub answers: usize,
@@ -91,7 +91,7 @@ pub struct RateLimit {
     pub slip: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QuicSettings {
     pub max_payload_bytes: u64,
     pub max_connections: u32,
@@ -103,14 +103,14 @@ pub struct QuicSettings {
     pub udp_buffer_bytes: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 /// `[mesh]`: the cluster CA, per-edge certificates and probing knobs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshSettings {
     /// PEM file of the cluster CA.
     pub ca: PathBuf,
@@ -142,7 +142,7 @@ impl MeshSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExecutorSettings {
     pub keep_warm: Duration,
     pub queue: u32,
@@ -155,7 +155,7 @@ pub struct ExecutorSettings {
 /// Index of an edge in `Topology::edges`.
 pub type EdgeId = usize;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Edge {
     pub name: String,
     pub location: Location,
@@ -168,7 +168,7 @@ pub struct Edge {
     pub cache_bytes: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     /// A DNS label, lower case.
     pub name: String,
@@ -193,7 +193,7 @@ pub enum ExecutorKind {
     Command,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Executor {
     pub kind: ExecutorKind,
     /// argv; `command[0]` is resolved (absolute path).

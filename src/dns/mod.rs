@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use hickory_server::proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -102,6 +103,33 @@ impl DnsStats {
             answers: (0..functions * edges).map(|_| AtomicU64::new(0)).collect(),
             edges,
         }
+    }
+
+    /// The counters for `new` after a reload from `old` (same edges):
+    /// every count carried over, answers re-indexed by function name, so
+    /// the exported counters stay monotonic.
+    pub fn carried(&self, old: &Topology, new: &Topology) -> Self {
+        let next = Self::new(new.functions.len(), new.edges.len());
+        next.fallback.store(self.fallback(), Ordering::Relaxed);
+        for (row, old_row) in next.queries.iter().zip(&self.queries) {
+            for (c, o) in row.iter().zip(old_row) {
+                c.store(o.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        for (fo, f) in old.functions.iter().enumerate() {
+            let Some(fi) = new.functions.iter().position(|n| n.name == f.name) else {
+                continue;
+            };
+            for e in 0..self.edges.min(next.edges) {
+                if let (Some(o), Some(n)) = (
+                    self.answers.get(fo * self.edges + e),
+                    next.answers.get(fi * next.edges + e),
+                ) {
+                    n.store(o.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        }
+        next
     }
 
     /// Answers served although every candidate was unhealthy or draining.
@@ -176,7 +204,8 @@ pub struct DnsState {
     ns_labels: Vec<Vec<u8>>,
     v4: Vec<Vec<Ipv4Addr>>,
     v6: Vec<Vec<Ipv6Addr>>,
-    rate_limit: Option<RateLimiter>,
+    /// Shared with the state a reload replaces, so buckets carry over.
+    rate_limit: Option<Arc<RateLimiter>>,
     pub stats: Arc<DnsStats>,
     epoch: tokio::time::Instant,
 }
@@ -184,13 +213,18 @@ pub struct DnsState {
 impl DnsState {
     /// The state of `cx`'s edge.
     pub fn for_edge(cx: &EdgeContext) -> Self {
-        let mut s = Self::new(
-            cx.edge,
-            cx.topology.clone(),
-            cx.geo.clone(),
-            cx.view.clone(),
-        );
-        s.stats = cx.dns_stats.clone();
+        let mut s = Self::new(cx.edge, cx.topology(), cx.geo.clone(), cx.view.clone());
+        s.stats = cx.dns_stats.load_full();
+        s
+    }
+
+    /// The state of `cx`'s edge after a topology reload: tables rebuilt
+    /// from the new topology, the rate limiter (and its buckets) kept.
+    pub fn reloaded(cx: &EdgeContext, old: &DnsState) -> Self {
+        let mut s = Self::for_edge(cx);
+        if s.rate_limit.is_some() {
+            s.rate_limit = old.rate_limit.clone();
+        }
         s
     }
 
@@ -249,7 +283,7 @@ impl DnsState {
         Self {
             edge,
             zone_labels: t.zone.trim_end_matches('.').split('.').count(),
-            rate_limit: t.dns.rate_limit.map(RateLimiter::new),
+            rate_limit: t.dns.rate_limit.map(|r| Arc::new(RateLimiter::new(r))),
             topology,
             geo,
             view,
@@ -274,27 +308,48 @@ impl DnsState {
 
     /// Responses withheld by rate limiting so far.
     pub fn rate_limited(&self) -> u64 {
-        self.rate_limit.as_ref().map_or(0, RateLimiter::limited)
+        self.rate_limit.as_ref().map_or(0, |r| r.limited())
     }
 }
+
+/// The current state of one edge's DNS front door; a topology reload
+/// stores a rebuilt one, which every worker picks up at its next query.
+pub type DnsCell = Arc<ArcSwap<DnsState>>;
 
 /// One worker's answering machine: the shared state and a private
 /// decision cache.
 pub struct Responder {
+    cell: DnsCell,
     state: Arc<DnsState>,
     cache: decide::DecisionCache,
 }
 
 impl Responder {
     pub fn new(state: Arc<DnsState>) -> Self {
+        Self::with_cell(Arc::new(ArcSwap::new(state)))
+    }
+
+    /// A responder following `cell` (reloads included).
+    pub fn with_cell(cell: DnsCell) -> Self {
         Self {
-            state,
+            state: cell.load_full(),
+            cell,
             cache: decide::DecisionCache::default(),
         }
     }
 
     pub fn state(&self) -> &Arc<DnsState> {
         &self.state
+    }
+
+    /// Picks up a reloaded state (and drops decisions made under the old
+    /// one). One atomic load when nothing changed.
+    pub fn refresh(&mut self) {
+        let current = self.cell.load();
+        if !Arc::ptr_eq(&current, &self.state) {
+            self.state = Arc::clone(&current);
+            self.cache = decide::DecisionCache::default();
+        }
     }
 
     /// Writes the response to the query `packet` from `client` into `out`.
@@ -307,6 +362,7 @@ impl Responder {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
+        self.refresh();
         answer::respond(
             &self.state,
             Some(&mut self.cache),
@@ -339,6 +395,7 @@ pub fn truncated(packet: &[u8]) -> Option<Vec<u8>> {
 /// The bound, not yet serving, sockets of one edge's DNS front door.
 pub struct BoundDns {
     state: Arc<DnsState>,
+    cell: DnsCell,
     udp: Vec<std::net::UdpSocket>,
     tcp: tokio::net::TcpListener,
     addr: SocketAddr,
@@ -361,7 +418,7 @@ impl BoundDns {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for (i, sock) in self.udp.into_iter().enumerate() {
-            let responder = Responder::new(self.state.clone());
+            let responder = Responder::with_cell(self.cell.clone());
             let stop = stop.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("dns-udp-{name}-{i}"))
@@ -374,7 +431,7 @@ impl BoundDns {
             }
         }
         let mut server = Server::new(TcpHandler {
-            state: self.state.clone(),
+            cell: self.cell.clone(),
         });
         server.register_listener(self.tcp, TCP_IDLE, 64);
         tracing::info!(edge = %name, addr = %self.addr, udp_workers = workers.len(), "dns serving");
@@ -396,7 +453,10 @@ impl BoundDns {
 /// Binds the edge's `dns_listen` for UDP and TCP. Port 0 picks a free port
 /// shared by both. Errors name the address.
 pub async fn bind(cx: &EdgeContext) -> anyhow::Result<BoundDns> {
-    bind_state(Arc::new(DnsState::for_edge(cx))).await
+    let bound = bind_state(Arc::new(DnsState::for_edge(cx))).await?;
+    // The cell a topology reload stores into (first bind wins).
+    let _ = cx.dns_cell.set(bound.cell.clone());
+    Ok(bound)
 }
 
 /// Binds the `dns_listen` of `state`'s edge (see [`bind`]).
@@ -424,6 +484,7 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
         match udp::bind(addr, sockets) {
             Ok(udp) => {
                 return Ok(BoundDns {
+                    cell: Arc::new(ArcSwap::new(state.clone())),
                     state,
                     udp,
                     tcp,
@@ -457,7 +518,7 @@ pub async fn serve(cx: EdgeContext, token: CancellationToken) -> anyhow::Result<
 
 /// hickory-server's TCP front end, answering through `answer::respond`.
 struct TcpHandler {
-    state: Arc<DnsState>,
+    cell: DnsCell,
 }
 
 #[async_trait::async_trait]
@@ -472,7 +533,7 @@ impl RequestHandler for TcpHandler {
             counts: HeaderCounts::default(),
         });
         let Some(bytes) = answer(
-            &self.state,
+            &self.cell.load(),
             request.as_slice(),
             request.src().ip(),
             Transport::Tcp,

@@ -91,7 +91,6 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
         })
         .collect();
     let mut tx_msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-    let state = responder.state().clone();
     while !stop.load(Ordering::Relaxed) {
         for m in rx_msgs.iter_mut() {
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -137,7 +136,8 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
             }
             let query = &rx[i][..len.min(MAX_QUERY)];
             let out = &mut tx[k];
-            let ok = match state.rate_limit(src.ip()) {
+            responder.refresh();
+            let ok = match responder.state().rate_limit(src.ip()) {
                 Verdict::Send => responder.respond(query, src.ip(), Transport::Udp, out),
                 Verdict::Drop => false,
                 Verdict::Slip => answer::truncated(query, out),

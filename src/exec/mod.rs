@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -191,20 +192,41 @@ pub struct Executors {
     edge: EdgeId,
     edge_name: String,
     capacity: u32,
-    topology: Arc<Topology>,
-    pools: BTreeMap<String, Pool>,
+    /// Function name -> its pool; replaced whole by `reconcile` (a live
+    /// topology reload), read lock-free by every invocation.
+    pools: ArcSwap<BTreeMap<String, Arc<PoolEntry>>>,
     draining: AtomicBool,
     in_flight: Arc<AtomicUsize>,
     meter: Arc<Meter>,
-    /// Cancelled when the workers must go (drain done or dropped).
+    /// Cancelled when the workers must go (drain done or dropped); every
+    /// pool's own token is a child of it.
     stop: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// One function's pool with the definition it runs and its own stop token
+/// (cancelled when a reload replaced or removed it and it drained).
+#[derive(Debug)]
+struct PoolEntry {
+    function: Arc<Function>,
+    pool: Pool,
+    stop: CancellationToken,
+    /// Invocations inside this pool (for draining a replaced pool).
+    in_flight: AtomicUsize,
 }
 
 #[derive(Debug)]
 enum Pool {
     Lambda(Arc<lambda::LambdaPool>),
     Command(Box<command::CommandPool>),
+}
+
+/// What a reload did to the pools of one edge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 impl Executors {
@@ -223,45 +245,119 @@ impl Executors {
             Some(path) => Some(start_metering_log(path, &tasks, stop.clone())?),
         };
         let meter = Arc::new(Meter::new(edge_name.clone(), log));
-        let mut pools = BTreeMap::new();
-        for f in topology.functions.iter().filter(|f| f.hosted_on(edge)) {
-            let pool = match f.executor.kind {
-                ExecutorKind::Lambda => Pool::Lambda(lambda::LambdaPool::start(
-                    f.clone(),
-                    &topology,
-                    &edge_name,
-                    meter.clone(),
-                    stop.clone(),
-                    tasks.clone(),
-                )),
-                ExecutorKind::Command => Pool::Command(Box::new(command::CommandPool::new(
-                    f.clone(),
-                    &topology,
-                    meter.clone(),
-                    stop.clone(),
-                ))),
-            };
-            pools.insert(f.name.clone(), pool);
-        }
-        Ok(Arc::new(Self {
+        let exec = Arc::new(Self {
             edge,
             edge_name,
             capacity: info.capacity.max(1),
-            topology,
-            pools,
+            pools: ArcSwap::from_pointee(BTreeMap::new()),
             draining: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             meter,
             stop,
             tasks,
-        }))
+        });
+        let pools = topology
+            .functions
+            .iter()
+            .filter(|f| f.hosted_on(edge))
+            .map(|f| (f.name.clone(), exec.new_pool(f, &topology)))
+            .collect();
+        exec.pools.store(Arc::new(pools));
+        Ok(exec)
+    }
+
+    fn new_pool(&self, f: &Function, topology: &Topology) -> Arc<PoolEntry> {
+        let stop = self.stop.child_token();
+        let pool = match f.executor.kind {
+            ExecutorKind::Lambda => Pool::Lambda(lambda::LambdaPool::start(
+                f.clone(),
+                topology,
+                &self.edge_name,
+                self.meter.clone(),
+                stop.clone(),
+                self.tasks.clone(),
+            )),
+            ExecutorKind::Command => Pool::Command(Box::new(command::CommandPool::new(
+                f.clone(),
+                topology,
+                self.meter.clone(),
+                stop.clone(),
+            ))),
+        };
+        Arc::new(PoolEntry {
+            function: Arc::new(f.clone()),
+            pool,
+            stop,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Applies a reloaded topology: pools of new functions start, pools of
+    /// changed functions are replaced (the old one finishes what it took,
+    /// then its workers stop), pools of functions no longer hosted here
+    /// drain and stop. Unchanged functions keep their warm pools.
+    /// In-flight invocations are never dropped: each holds its pool.
+    pub fn reconcile(self: &Arc<Self>, topology: Arc<Topology>) -> Reconciled {
+        let old = self.pools.load_full();
+        let mut next = BTreeMap::new();
+        let mut done = Reconciled::default();
+        let mut retired = Vec::new();
+        for f in topology.functions.iter().filter(|f| f.hosted_on(self.edge)) {
+            match old.get(&f.name) {
+                Some(e) if *e.function == *f => {
+                    next.insert(f.name.clone(), e.clone());
+                }
+                Some(e) => {
+                    done.changed.push(f.name.clone());
+                    retired.push(e.clone());
+                    next.insert(f.name.clone(), self.new_pool(f, &topology));
+                }
+                None => {
+                    done.added.push(f.name.clone());
+                    next.insert(f.name.clone(), self.new_pool(f, &topology));
+                }
+            }
+        }
+        for (name, e) in old.iter() {
+            if !next.contains_key(name) {
+                done.removed.push(name.clone());
+                retired.push(e.clone());
+            }
+        }
+        self.pools.store(Arc::new(next));
+        for e in retired {
+            let edge = self.edge_name.clone();
+            // Bounded by the function's own timeout plus the kill grace:
+            // nothing it admitted can run longer.
+            let grace = e.function.timeout + KILL_GRACE;
+            self.tasks.spawn(async move {
+                if let Pool::Lambda(p) = &e.pool {
+                    p.set_draining();
+                }
+                let until = Instant::now() + grace;
+                while e.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                e.stop.cancel();
+                if let Pool::Lambda(p) = &e.pool {
+                    p.fail_queued();
+                }
+                tracing::info!(%edge, function = %e.function.name, "retired pool drained and stopped");
+            });
+        }
+        done
     }
 
     /// The function if this edge hosts it.
-    pub fn function(&self, name: &str) -> Option<&Function> {
-        self.topology
-            .function(name)
-            .filter(|f| f.hosted_on(self.edge))
+    pub fn function(&self, name: &str) -> Option<Arc<Function>> {
+        let pools = self.pools.load();
+        match pools.get(name) {
+            Some(e) => Some(e.function.clone()),
+            None => pools
+                .values()
+                .find(|e| e.function.name.eq_ignore_ascii_case(name))
+                .map(|e| e.function.clone()),
+        }
     }
 
     /// Runs one invocation to completion or failure. Never waits past the
@@ -273,13 +369,16 @@ impl Executors {
             return Err(ExecError::ShuttingDown);
         }
         let name = inv.function.to_ascii_lowercase();
-        let pool = self
+        let entry = self
             .pools
+            .load()
             .get(&name)
+            .cloned()
             .ok_or_else(|| ExecError::UnknownFunction(inv.function.clone()))?;
         let _guard = InFlight::enter(&self.in_flight);
+        let _pool_guard = InFlight::enter(&entry.in_flight);
         let span = tracing::debug_span!("invoke", function = %name, req = %inv.request_id, edge = %self.edge_name);
-        let result = match pool {
+        let result = match &entry.pool {
             Pool::Lambda(p) => p.invoke(inv).instrument(span).await,
             Pool::Command(p) => p.invoke(inv).instrument(span).await,
         };
@@ -292,8 +391,9 @@ impl Executors {
     /// Per-function pool counters, in function-name order.
     pub fn stats(&self) -> Vec<FunctionStats> {
         self.pools
+            .load()
             .values()
-            .map(|p| match p {
+            .map(|e| match &e.pool {
                 Pool::Lambda(p) => p.stats(),
                 Pool::Command(p) => p.stats(),
             })
@@ -321,8 +421,9 @@ impl Executors {
     /// (anything still running fails with `ShuttingDown`).
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::Release);
-        for p in self.pools.values() {
-            if let Pool::Lambda(p) = p {
+        let pools = self.pools.load_full();
+        for e in pools.values() {
+            if let Pool::Lambda(p) = &e.pool {
                 p.set_draining();
             }
         }
@@ -335,8 +436,8 @@ impl Executors {
             tracing::warn!(edge = %self.edge_name, ?grace, left, "drain grace expired; killing workers");
         }
         self.stop.cancel();
-        for p in self.pools.values() {
-            if let Pool::Lambda(p) = p {
+        for e in pools.values() {
+            if let Pool::Lambda(p) = &e.pool {
                 p.fail_queued();
             }
         }

@@ -67,7 +67,7 @@ impl FrontDoor {
     /// Binds the edge's `quic_listen` (see `bind_to`).
     pub fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
         let addr = cx
-            .topology
+            .topology()
             .edges
             .get(cx.edge)
             .map(|e| e.quic_listen)
@@ -79,7 +79,7 @@ impl FrontDoor {
     /// configured buffer sizes and binds the QUIC endpoint on `addr`. Must
     /// run inside a tokio runtime.
     pub fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
-        let cert = tls::cert_files(&cx.topology)?;
+        let cert = tls::cert_files(&cx.topology())?;
         let (endpoint, shared) = server::bind(cx, addr, &cert)?;
         let local_addr = endpoint
             .local_addr()

@@ -59,7 +59,7 @@ pub(super) async fn handle(
     read_deadline: Instant,
     peer: Option<&str>,
 ) -> Result<Reply, Problem> {
-    let topo = &shared.cx.topology;
+    let topo = &shared.cx.topology();
     let bounds = topo.routing.bounds;
     let header = |h: &str| req.headers().get(h).and_then(|v| v.to_str().ok());
     // Internal headers count only from authenticated peers.
@@ -235,7 +235,7 @@ impl Run<'_> {
     async fn go(mut self) -> Result<Reply, Problem> {
         let started = self.started;
         let shared = self.shared;
-        let topo = &shared.cx.topology;
+        let topo = &shared.cx.topology();
         let bounds = topo.routing.bounds;
         let dispatch = shared.cx.dispatch.as_deref();
         // A step whose local pool was full: hand it to a peer instead.
@@ -395,7 +395,7 @@ impl Run<'_> {
             self.content_type = content_type;
             return Ok(());
         }
-        let topo = &self.shared.cx.topology;
+        let topo = &self.shared.cx.topology();
         let env = route::parse_envelope(topo, &f.name, &body).map_err(|e| self.route_error(e))?;
         self.stack
             .expand(&mut self.progress, &topo.routing.bounds, &f.name, &env.push)
@@ -448,7 +448,7 @@ impl Run<'_> {
     /// Source routing: the event and the whole remaining stack (the next
     /// step first) go to the best edge for the next step.
     async fn hand_on(&self, d: &Dispatcher, f: &Function) -> Result<Reply, Problem> {
-        let topo = &self.shared.cx.topology;
+        let topo = &self.shared.cx.topology();
         let carry = RouteCarry {
             stack: self.stack.to_header(),
             progress: self.progress.to_header(),

@@ -55,9 +55,9 @@ pub(crate) fn bind(
     addr: SocketAddr,
     cert: &CertFiles,
 ) -> Result<(quinn::Endpoint, Arc<Shared>), FrontdoorError> {
-    let settings = cx.topology.quic.clone();
-    let edge = cx
-        .topology
+    let topo = cx.topology();
+    let settings = topo.quic.clone();
+    let edge = topo
         .edges
         .get(cx.edge)
         .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
@@ -414,7 +414,8 @@ async fn request(
         };
         if let Route::Invoke(_) = route {
             // Only names from the topology become label values.
-            let known = shared.cx.topology.function(&name).map_or("other", |f| f.name.as_str());
+            let topo = shared.cx.topology();
+            let known = topo.function(&name).map_or("other", |f| f.name.as_str());
             record_invocation(&shared.edge_name, known, &result, started);
         }
         let sent = match result {
@@ -475,9 +476,11 @@ async fn handle(
     let local = shared.cx.exec.function(name);
     let dispatch = shared.cx.dispatch.as_deref();
     // With a mesh, functions hosted elsewhere are forwarded.
-    let function = local.or_else(|| dispatch.and(shared.cx.topology.function(name)));
+    let topo = shared.cx.topology();
+    let local = local.as_deref();
+    let function = local.or_else(|| dispatch.and(topo.function(name)));
     let Some(function) = function else {
-        let detail = if shared.cx.topology.function(name).is_some() {
+        let detail = if shared.cx.topology().function(name).is_some() {
             format!("function {name:?} is not hosted on edge {edge:?}")
         } else {
             format!("unknown function {name:?}")
@@ -541,7 +544,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let exclude: Vec<usize> = peer
-        .and_then(|p| shared.cx.topology.edge_id(p))
+        .and_then(|p| shared.cx.topology().edge_id(p))
         .into_iter()
         .collect();
     let forward = |payload: Bytes| crate::dispatch::Forward {
@@ -564,7 +567,7 @@ async fn handle(
                 || !crate::dispatch::Dispatcher::saturated(
                     &shared.cx.exec,
                     f,
-                    shared.cx.topology.executors.queue,
+                    shared.cx.topology().executors.queue,
                 )
         }
     };

@@ -40,12 +40,7 @@ pub fn cert_files(topology: &Topology) -> Result<CertFiles, FrontdoorError> {
     }
     let cert = topology.state_dir.join(DEV_CERT);
     let key = topology.state_dir.join(DEV_KEY);
-    if cert.is_file() && key.is_file() {
-        tracing::info!(cert = %cert.display(), "reusing development certificate");
-    } else {
-        generate_dev_cert(topology, &cert, &key)?;
-        tracing::info!(cert = %cert.display(), "generated development certificate (trust it with `fnroute invoke --ca`)");
-    }
+    dev_pair(topology, &cert, &key)?;
     Ok(CertFiles {
         cert,
         key,
@@ -130,6 +125,67 @@ pub(crate) fn server_config_with(
     Ok(tls)
 }
 
+/// How long a process waits for another one generating the pair, and the
+/// age after which a lock is taken to be left by a crashed process.
+const DEV_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reuses the development pair, or generates it. Several edge processes
+/// may share one state directory and start at once: an exclusive lock file
+/// (`create_new`) makes exactly one generate while the others wait, so no
+/// process can end up with one process's certificate and another's key.
+fn dev_pair(topology: &Topology, cert: &Path, key: &Path) -> Result<(), FrontdoorError> {
+    let io = |what: &str, e: std::io::Error| FrontdoorError::Tls(format!("{what}: {e}"));
+    std::fs::create_dir_all(&topology.state_dir).map_err(|e| {
+        io(
+            &format!("creating state directory {}", topology.state_dir.display()),
+            e,
+        )
+    })?;
+    let lock = topology.state_dir.join("dev-cert.lock");
+    let started = std::time::Instant::now();
+    loop {
+        if cert.is_file() && key.is_file() && !lock.exists() {
+            tracing::info!(cert = %cert.display(), "reusing development certificate");
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let made = if cert.is_file() && key.is_file() {
+                    Ok(())
+                } else {
+                    generate_dev_cert(topology, cert, key)
+                };
+                let _ = std::fs::remove_file(&lock);
+                made?;
+                tracing::info!(cert = %cert.display(), "generated development certificate (trust it with `fnroute invoke --ca`)");
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > DEV_LOCK_WAIT);
+                if stale {
+                    tracing::warn!(lock = %lock.display(), "removing a stale development certificate lock");
+                    let _ = std::fs::remove_file(&lock);
+                } else if started.elapsed() > DEV_LOCK_WAIT * 2 {
+                    return Err(FrontdoorError::Tls(format!(
+                        "waited too long for {} (another process generating the development certificate); remove it if no fnroute is starting",
+                        lock.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(io(&format!("creating {}", lock.display()), e)),
+        }
+    }
+}
+
 fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(), FrontdoorError> {
     let err =
         |e: &dyn std::fmt::Display| FrontdoorError::Tls(format!("development certificate: {e}"));
@@ -146,9 +202,23 @@ fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(),
         .push(rcgen::DnType::CommonName, "fnroute development certificate");
     let pair = rcgen::KeyPair::generate().map_err(|e| err(&e))?;
     let c = params.self_signed(&pair).map_err(|e| err(&e))?;
-    write_private(key, pair.serialize_pem().as_bytes())?;
-    std::fs::write(cert, c.pem())
-        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", cert.display())))?;
+    // Temporary files renamed into place: never a half-written file.
+    let (key_tmp, cert_tmp) = (
+        key.with_extension("pem.tmp"),
+        cert.with_extension("pem.tmp"),
+    );
+    write_private(&key_tmp, pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_tmp, c.pem())
+        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", cert_tmp.display())))?;
+    for (from, to) in [(&key_tmp, key), (&cert_tmp, cert)] {
+        std::fs::rename(from, to).map_err(|e| {
+            FrontdoorError::Tls(format!(
+                "renaming {} to {}: {e}",
+                from.display(),
+                to.display()
+            ))
+        })?;
+    }
     Ok(())
 }
 

@@ -13,4 +13,5 @@ mod frontdoor;
 mod geo;
 mod harness;
 mod mesh;
+mod reload;
 mod routing;
