@@ -333,12 +333,17 @@ fn explain(
     if d.choice.fallback {
         lines.push("fallback: no healthy candidate, serving the nearest anyway".into());
     }
-    if ranking.spread > 0 {
+    if ranking.drawn() {
         let (net, len) = placement::client_network(addr);
         let names: Vec<&str> = window.iter().map(|c| name_of(c.edge)).collect();
         lines.push(format!(
             "spread: the nearest edge is not viable; client network {net}/{len} drawn by capacity among {}",
             names.join(", ")
+        ));
+    } else if let (1, Some(first)) = (ranking.spread, ranking.candidates.first()) {
+        lines.push(format!(
+            "spread: the nearest edge is not viable; no edge is near-equal to {}",
+            name_of(first.edge)
         ));
     }
     lines

@@ -313,6 +313,13 @@ async fn unhealthy_or_overloaded_edges_are_skipped() {
         )
     });
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
+    // Displaced, but sin (10 700 km) is not near-equal to nyc (5 840 km):
+    // nothing to spread over.
+    let text = txt(s.addr, "echo.fn.test.", "198.51.100.0/24").await;
+    assert!(
+        text.contains("no edge is near-equal to nyc") && !text.contains("drawn"),
+        "{text}"
+    );
     s.view.update(|v| {
         v.with_edge(
             fra,
@@ -801,6 +808,23 @@ fn spread_topology() -> Topology {
     fnroute::config::parse(&root.join("spread.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The TXT explanation of `name` for `net`, one line per string.
+async fn txt(addr: SocketAddr, name: &str, net: &str) -> String {
+    let r = udp(addr, &query(name, RecordType::TXT, Some(net))).await;
+    r.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned() + "\n")
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The answer and the ECS scope for `net`.
 async fn answer_and_scope(addr: SocketAddr, net: &str) -> (Vec<String>, u8) {
     let r = udp(addr, &query("echo.fn.test.", RecordType::A, Some(net))).await;
@@ -909,24 +933,7 @@ async fn displaced_clients_are_spread_by_capacity_with_a_true_scope() {
     );
 
     // The TXT explanation says so.
-    let r = udp(
-        s.addr,
-        &query("echo.fn.test.", RecordType::TXT, Some("198.18.5.0/24")),
-    )
-    .await;
-    let text: String = r
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::TXT(t) => Some(
-                t.txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned() + "\n")
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
-        .collect();
+    let text = txt(s.addr, "echo.fn.test.", "198.18.5.0/24").await;
     assert!(
         text.contains("198.18.5.0/24 drawn by capacity among dtw, yyz"),
         "{text}"
