@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
     let view = placement::View::from_topology(Arc::new(topo), 1);
     g.bench_function("status document (3 edges, build + JSON)", |b| {
         b.iter(|| {
-            let s = fnroute::admin::status::build(&view.topology, &view, 0, 1.0, None);
+            let s = fnroute::admin::status::build(&view.topology, &view, 0, 1.0, None, &[]);
             black_box(serde_json::to_vec(&s).expect("json"))
         })
     });

@@ -214,7 +214,21 @@ pub fn status_of(
     pools: Option<&dyn PoolStats>,
 ) -> status::Status {
     let view = cx.view.load();
-    status::build(&cx.topology(), &view, cx.edge, uptime.as_secs_f64(), pools)
+    // The prober's last round trip to each peer (none without a mesh).
+    let topology = cx.topology();
+    let rtt: Vec<Option<Duration>> = match &cx.dispatch {
+        Some(d) => (0..topology.edges.len())
+            .map(|i| {
+                if i == cx.edge {
+                    None
+                } else {
+                    d.mesh.with_stats(i, |s| s.last_rtt).flatten()
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    status::build(&topology, &view, cx.edge, uptime.as_secs_f64(), pools, &rtt)
 }
 
 /// The status page for a status document (self-contained HTML).

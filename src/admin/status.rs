@@ -1,9 +1,13 @@
 //! The `GET /status` document: what one edge knows about itself and the
-//! fleet. Built from the topology and the current `View` by a pure
-//! function; fields without a source yet (RTT until the mesh measures it,
-//! pool sizes until executors report them) are `null`, never invented.
+//! fleet. Built from the topology, the current `View` and the prober's
+//! last round trips by a pure function; fields without a source (RTT to
+//! this edge itself, to a peer never probed successfully, or without a
+//! mesh; pool sizes until executors report them) are `null`, never
+//! invented.
 //!
 //! The same types deserialize the document in `fnroute status`.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +98,10 @@ pub struct EdgeStatus {
     pub draining: bool,
     /// In-flight invocations as a share of capacity.
     pub load: f64,
-    /// Measured round-trip time from this edge; null until the mesh
-    /// measures it (and for this edge itself).
+    /// Round trip of this edge's last successful probe of that edge
+    /// (`GET /health` over the pooled mesh connection), in milliseconds.
+    /// Null for this edge itself, without a mesh, and until a probe
+    /// succeeds; kept while the peer is down (`health` says so).
     pub rtt_ms: Option<f64>,
     /// Functions hosted there.
     pub functions: Vec<String>,
@@ -138,13 +144,16 @@ pub trait PoolStats: Send + Sync {
 }
 
 /// Builds the document for `edge`. Pure: the caller reads the clock, the
-/// view and the pools.
+/// view, the pools and `rtt`, the last measured round trip to each edge
+/// indexed by `EdgeId` (empty without a mesh; `edge`'s own slot is
+/// ignored).
 pub fn build(
     topology: &Topology,
     view: &View,
     edge: EdgeId,
     uptime_s: f64,
     pool_stats: Option<&dyn PoolStats>,
+    rtt: &[Option<Duration>],
 ) -> Status {
     let edge_name = |i: EdgeId| {
         topology
@@ -174,7 +183,12 @@ pub fn build(
                 healthy: s.healthy,
                 draining: s.draining,
                 load: s.load,
-                rtt_ms: None,
+                rtt_ms: rtt
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .filter(|_| i != edge)
+                    .map(|d| d.as_micros() as f64 / 1000.0),
                 functions: topology
                     .functions
                     .iter()
@@ -226,5 +240,59 @@ pub fn build(
         },
         edges,
         functions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn rtt_is_reported_for_measured_peers_only() {
+        let text = r#"
+zone = "fn.test."
+geo_db = "Cargo.toml"
+default_location = { lat = 50.11, lon = 8.68 }
+[[edge]]
+name = "fra"
+location = { lat = 50.11, lon = 8.68 }
+addresses = ["127.0.0.11"]
+dns_listen = "127.0.0.11:5300"
+quic_listen = "127.0.0.11:4433"
+[[edge]]
+name = "nyc"
+location = { lat = 40.71, lon = -74.01 }
+addresses = ["127.0.0.12"]
+dns_listen = "127.0.0.12:5300"
+quic_listen = "127.0.0.12:4433"
+[[edge]]
+name = "sin"
+location = { lat = 1.35, lon = 103.82 }
+addresses = ["127.0.0.13"]
+dns_listen = "127.0.0.13:5300"
+quic_listen = "127.0.0.13:4433"
+[[function]]
+name = "echo"
+executor = { kind = "command", command = ["cat"] }
+"#;
+        let topo = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid");
+        let view = View::from_topology(Arc::new(topo), 1);
+        let rtt = |s: &Status| s.edges.iter().map(|e| e.rtt_ms).collect::<Vec<_>>();
+        // Self is null even with a value in its slot; a never-probed peer
+        // is null; a measured one is in ms (µs precision).
+        let measured = [
+            Some(Duration::from_millis(3)),
+            Some(Duration::from_micros(38_250)),
+            None,
+        ];
+        let s = build(&view.topology, &view, 0, 1.0, None, &measured);
+        assert_eq!(rtt(&s), [None, Some(38.25), None]);
+        let s = build(&view.topology, &view, 2, 1.0, None, &measured);
+        assert_eq!(rtt(&s), [Some(3.0), Some(38.25), None]);
+        // No mesh: nothing measured.
+        let s = build(&view.topology, &view, 1, 1.0, None, &[]);
+        assert_eq!(rtt(&s), [None, None, None]);
     }
 }

@@ -42,11 +42,6 @@ pub const INTERNAL_HEADERS: [&str; 5] = [
     ROUTE_HEADER,
 ];
 
-/// Candidates within this factor (plus a fixed margin) of the nearest one
-/// are "near-equal" and chosen between by power of two choices.
-const NEAR_FACTOR: f64 = 1.25;
-const NEAR_MARGIN_KM: f64 = 300.0;
-
 /// Why an invocation could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -109,23 +104,18 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 /// Orders ranked candidates (best first): the first is chosen by power of
-/// two choices over `cost` among those near-equal to the best (same class,
-/// distance within `NEAR_FACTOR` × best + `NEAR_MARGIN_KM`); the rest keep
-/// their rank order. Pure: randomness comes in as `r1`, `r2`.
+/// two choices over `cost` among those near-equal to the best
+/// (`placement::near_equal`: same class, distance within 1.25 × best +
+/// 300 km); the rest keep their rank order. Pure: randomness comes in as
+/// `r1`, `r2`.
 pub fn order(
     mut list: Vec<placement::Candidate>,
     cost: impl Fn(EdgeId) -> f64,
     r1: u64,
     r2: u64,
 ) -> Vec<EdgeId> {
-    if let Some(best) = list.first().copied() {
-        let near = list
-            .iter()
-            .take_while(|c| {
-                c.class == best.class
-                    && c.distance_km <= best.distance_km * NEAR_FACTOR + NEAR_MARGIN_KM
-            })
-            .count();
+    if !list.is_empty() {
+        let near = placement::near_equal(&list);
         let pick = balance::p2c(near, r1, r2, |i| {
             list.get(i).map(|c| cost(c.edge)).unwrap_or(f64::MAX)
         });

@@ -212,13 +212,19 @@ fn function(
     };
     let make = || {
         let geo = state.geo.lookup(addr);
-        let choice = decide::choose(&view, hosts, &geo, n);
+        let choice = decide::choose(&view, hosts, &geo, placement::client_draw(addr), n);
         let scope = if !with_ecs {
             0
         } else if ecs_is_mapped(addr) {
             // An IPv4-mapped subnet sent as IPv6: the database answers in
-            // IPv4 terms; translate without widening.
-            (96 + geo.prefix_len).min(128)
+            // IPv4 terms; translate without widening (a drawn answer holds
+            // for its client /24 at most).
+            let v4 = if choice.drawn {
+                geo.prefix_len.max(decide::spread_prefix(32))
+            } else {
+                geo.prefix_len
+            };
+            (96 + v4).min(128)
         } else {
             decide::scope(&state.geo, &view, hosts, n, addr, geo.prefix_len, &choice)
         };
@@ -268,7 +274,7 @@ fn explain(
     d: &Decision,
 ) -> Vec<String> {
     let geo = state.geo.lookup(addr);
-    let ranking = placement::rank(view, hosts, geo.location);
+    let ranking = placement::rank_client(view, hosts, geo.location, placement::client_draw(addr));
     let mut lines = Vec::new();
     let mut s = format!(
         "client {addr}/{prefix} ({}) at {:.2},{:.2}",
@@ -298,14 +304,20 @@ fn explain(
         .map(|c| c.class)
         .max()
         .unwrap_or(Class::Preferred);
-    for c in &ranking.candidates {
-        let name = state
+    let name_of = |edge: usize| {
+        state
             .topology
             .edges
-            .get(c.edge)
-            .map_or("?", |e| e.name.as_str());
+            .get(edge)
+            .map_or("?", |e| e.name.as_str())
+    };
+    let window = &ranking.candidates[..ranking.spread.min(ranking.candidates.len())];
+    for c in &ranking.candidates {
+        let name = name_of(c.edge);
         let verdict = if chosen.contains(&c.edge) {
             "chosen".to_string()
+        } else if window.iter().any(|w| w.edge == c.edge) {
+            "lost (spread: drawn for other client networks)".to_string()
         } else if c.class > worst_chosen {
             format!("lost ({})", c.class.as_str())
         } else {
@@ -320,6 +332,19 @@ fn explain(
     }
     if d.choice.fallback {
         lines.push("fallback: no healthy candidate, serving the nearest anyway".into());
+    }
+    if ranking.drawn() {
+        let (net, len) = placement::client_network(addr);
+        let names: Vec<&str> = window.iter().map(|c| name_of(c.edge)).collect();
+        lines.push(format!(
+            "spread: the nearest edge is not viable; client network {net}/{len} drawn by capacity among {}",
+            names.join(", ")
+        ));
+    } else if let (1, Some(first)) = (ranking.spread, ranking.candidates.first()) {
+        lines.push(format!(
+            "spread: the nearest edge is not viable; no edge is near-equal to {}",
+            name_of(first.edge)
+        ));
     }
     lines
 }

@@ -2,10 +2,14 @@
 //! decision cache.
 //!
 //! A decision is a pure function of (function, client address, view, geo
-//! database): `placement::rank` on the client's location. The scope is the
-//! widest prefix around the client over which that decision is the same,
-//! found by walking the database's networks next to the client's (bounded
-//! work per cache miss, so an answer is never wider than what was checked).
+//! database): `placement::rank_client` on the client's location, with the
+//! client network's draw (`placement::client_draw`, which only matters for
+//! displaced clients). The scope is the widest prefix around the client
+//! over which that decision is the same, found by walking the database's
+//! networks next to the client's (bounded work per cache miss, so an
+//! answer is never wider than what was checked). A drawn decision (a
+//! displaced client spread by capacity) depends on the client network
+//! (/24, /56) too, so its scope is never wider than that network.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,6 +33,10 @@ pub(crate) struct Choice {
     len: u8,
     /// Every candidate was unhealthy or draining: served the nearest anyway.
     pub(crate) fallback: bool,
+    /// The first edge was drawn by the client network's hash among
+    /// near-equal candidates (a displaced client, `Ranking::drawn`): the
+    /// decision depends on the client network, not only on its location.
+    pub(crate) drawn: bool,
 }
 
 impl Choice {
@@ -39,13 +47,21 @@ impl Choice {
     }
 }
 
-/// Ranks `hosts` for a client at `geo` and keeps the best `n`.
-pub(crate) fn choose(view: &View, hosts: &[EdgeId], geo: &GeoAnswer, n: usize) -> Choice {
-    let ranking = placement::rank(view, hosts, geo.location);
+/// Ranks `hosts` for a client at `geo` whose network drew `draw`
+/// (`placement::client_draw`) and keeps the best `n`.
+pub(crate) fn choose(
+    view: &View,
+    hosts: &[EdgeId],
+    geo: &GeoAnswer,
+    draw: u64,
+    n: usize,
+) -> Choice {
+    let ranking = placement::rank_client(view, hosts, geo.location, draw);
     let mut c = Choice {
         edges: [0; MAX_ANSWERS],
         len: 0,
         fallback: ranking.fallback,
+        drawn: ranking.drawn(),
     };
     for (slot, edge) in c.edges.iter_mut().zip(ranking.top(n.min(MAX_ANSWERS))) {
         *slot = edge as u16;
@@ -60,6 +76,13 @@ pub(crate) fn choose(view: &View, hosts: &[EdgeId], geo: &GeoAnswer, n: usize) -
 /// widens one bit at a time while every network in the sibling half gives
 /// the same choice, spending at most `WIDEN_BUDGET` lookups (fewer for
 /// functions on many edges, see `WIDEN_WORK`).
+///
+/// A drawn `choice` also depends on the client network
+/// (`placement::client_network`, /24 or /56): its scope is the longer of
+/// `start` and that network's prefix, never widened (other client networks
+/// draw differently). A sibling network whose own choice is drawn stops
+/// the widening: its client networks may get other answers, even where
+/// its undrawn ranking equals `choice`.
 pub(crate) fn scope(
     geo: &GeoDb,
     view: &View,
@@ -70,6 +93,9 @@ pub(crate) fn scope(
     choice: &Choice,
 ) -> u8 {
     let (bits, a) = to_bits(addr);
+    if choice.drawn {
+        return start.max(spread_prefix(bits)).min(bits);
+    }
     let mut s = start.min(bits);
     let mut budget = (WIDEN_WORK / hosts.len().max(1)).clamp(1, WIDEN_BUDGET as usize) as u32;
     while s > 0 {
@@ -83,7 +109,9 @@ pub(crate) fn scope(
             }
             budget -= 1;
             let g = geo.lookup(from_bits(cur, bits));
-            if choose(view, hosts, &g, n).edges().ne(choice.edges()) {
+            // The draw is irrelevant here: a drawn sibling stops anyway.
+            let other = choose(view, hosts, &g, 0, n);
+            if other.drawn || other.edges().ne(choice.edges()) {
                 return s;
             }
             let p = g.prefix_len.min(bits);
@@ -99,6 +127,16 @@ pub(crate) fn scope(
         s -= 1;
     }
     0
+}
+
+/// The prefix length of the client network spreading draws for, in a
+/// family of `bits` bits (`placement::client_network`).
+pub(crate) fn spread_prefix(bits: u8) -> u8 {
+    if bits == 32 {
+        placement::SPREAD_PREFIX_V4
+    } else {
+        placement::SPREAD_PREFIX_V6
+    }
 }
 
 /// The key of one decision: the same key always gives the same decision.

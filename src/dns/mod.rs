@@ -4,8 +4,8 @@
 //! `dns` owns the wire format of its answers, the UDP and TCP listeners of
 //! one edge, the per-worker decision cache and response rate limiting. It
 //! reads the edge's `LiveView` (lock-free, per query) and the geo database,
-//! and asks `placement::rank` for the decision; it never waits on the
-//! network and knows nothing of QUIC, dispatch or executors.
+//! and asks `placement::rank_client` for the decision; it never waits on
+//! the network and knows nothing of QUIC, dispatch or executors.
 //!
 //! Every transport goes through one function, [`Responder::respond`]
 //! (query bytes + client address → response bytes), which the fuzz target

@@ -34,10 +34,36 @@ impl Prober {
     }
 }
 
-/// How long one probe may take: the interval, but at least 500 ms so a
-/// loaded machine does not flap peers.
+/// Shortest probe timeout: below this a busy machine's scheduling jitter
+/// alone would fail probes.
+pub const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+/// Longest probe timeout: a peer that cannot answer `/health` (from
+/// memory) within this is not serving well, whatever the interval.
+pub const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+
+/// How long one probe may take: the interval, clamped to
+/// `PROBE_TIMEOUT_MIN..=PROBE_TIMEOUT_MAX`.
+///
+/// A round waits for all its probes, so with a timeout of one interval an
+/// unanswered probe (a dead or stopped peer: no ICMP reaches quinn, every
+/// probe fails by its timeout) is recorded as a failure when the next tick
+/// is due, and the next round starts on time. Hence the detection bound
+/// (docs/performance.md "Failover"): a peer that dies at t is marked down,
+/// and leaves DNS answers, by
+/// `t + fall × max(interval, timeout) + timeout`, which is
+/// `t + (fall + 1) × interval` for intervals from 50 ms to 5 s: up to one
+/// interval until the first probe that can fail (the previous one may have
+/// just succeeded), `fall` failed probes one interval apart, the last one
+/// failing at its timeout. See `detection_bound`.
 pub fn probe_timeout(interval: Duration) -> Duration {
-    interval.max(Duration::from_millis(500))
+    interval.clamp(PROBE_TIMEOUT_MIN, PROBE_TIMEOUT_MAX)
+}
+
+/// The longest time from a peer's death to its leaving the view (and DNS
+/// answers) with this `interval` and `fall`; see `probe_timeout`.
+pub fn detection_bound(interval: Duration, fall: u32) -> Duration {
+    let timeout = probe_timeout(interval);
+    interval.max(timeout) * fall + timeout
 }
 
 #[async_trait::async_trait]
@@ -166,4 +192,24 @@ async fn probe(
     let report: HealthReport =
         serde_json::from_slice(&reply.body).map_err(|e| format!("bad health document: {e}"))?;
     Ok((report, rtt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_is_the_interval_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(probe_timeout(ms(100)), ms(100));
+        assert_eq!(probe_timeout(ms(1000)), ms(1000));
+        assert_eq!(probe_timeout(ms(10)), ms(50));
+        assert_eq!(probe_timeout(ms(60_000)), ms(5000));
+        // (fall + 1) x interval in the usual range.
+        assert_eq!(detection_bound(ms(100), 3), ms(400));
+        assert_eq!(detection_bound(ms(1000), 3), ms(4000));
+        // Outside it: rounds take the timeout, or the timeout is capped.
+        assert_eq!(detection_bound(ms(10), 3), ms(200));
+        assert_eq!(detection_bound(ms(60_000), 3), ms(185_000));
+    }
 }

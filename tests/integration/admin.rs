@@ -121,8 +121,10 @@ async fn status_describes_every_edge_and_function() {
         assert_eq!(names, ["fra", "nyc", "sin"]);
         for e in &s.edges {
             assert_eq!(e.is_self, e.name == me);
-            // Nothing measures RTT yet: null, not invented.
-            assert_eq!(e.rtt_ms, None);
+            // No RTT to itself; a peer's only once a probe succeeded.
+            if e.is_self {
+                assert_eq!(e.rtt_ms, None);
+            }
             assert_eq!(e.health.as_str(), "healthy");
         }
         let sin = &s.edges[2];
@@ -143,7 +145,34 @@ async fn status_describes_every_edge_and_function() {
         }
         // The raw JSON has explicit nulls (clients can rely on the keys).
         let v = r.json();
-        assert!(v.pointer("/edges/0/rtt_ms").unwrap().is_null());
+        assert!(v.pointer(&format!("/edges/{i}/rtt_ms")).unwrap().is_null());
+    }
+    // The prober (every second) measures each peer's round trip: every
+    // edge reports it for its peers, in ms (loopback: well under 1 s).
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    for (i, &addr) in fleet.admin.iter().enumerate() {
+        loop {
+            let s: Status = serde_json::from_slice(&get(addr, "/status").await.body).unwrap();
+            let peers: Vec<Option<f64>> = s
+                .edges
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, e)| e.rtt_ms)
+                .collect();
+            if peers.iter().all(Option::is_some) {
+                for rtt in peers.into_iter().flatten() {
+                    assert!(rtt > 0.0 && rtt < 1000.0, "{rtt} ms");
+                }
+                assert_eq!(s.edges[i].rtt_ms, None, "no RTT to itself");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "edge {i}: peers' RTT never measured: {peers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     fleet.shutdown(Duration::from_secs(2)).await;
 }

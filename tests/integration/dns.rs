@@ -52,7 +52,12 @@ fn topology(tweak: impl FnOnce(&mut Topology)) -> Topology {
 }
 
 async fn start_with(edge: &str, tweak: impl FnOnce(&mut Topology)) -> Server {
-    let t = Arc::new(topology(tweak));
+    serve(topology(tweak), edge).await
+}
+
+/// Serves DNS for `edge` of `t` (its `dns_listen`, port 0 in tests).
+async fn serve(t: Topology, edge: &str) -> Server {
+    let t = Arc::new(t);
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
     let view = Arc::new(LiveView::new(t.clone()));
     let state = DnsState::new(t.edge_id(edge).expect("edge"), t.clone(), geo, view.clone());
@@ -308,6 +313,13 @@ async fn unhealthy_or_overloaded_edges_are_skipped() {
         )
     });
     assert_eq!(addresses(&udp(s.addr, &paris()).await), vec![NYC]);
+    // Displaced, but sin (10 700 km) is not near-equal to nyc (5 840 km):
+    // nothing to spread over.
+    let text = txt(s.addr, "echo.fn.test.", "198.51.100.0/24").await;
+    assert!(
+        text.contains("no edge is near-equal to nyc") && !text.contains("drawn"),
+        "{text}"
+    );
     s.view.update(|v| {
         v.with_edge(
             fra,
@@ -760,4 +772,186 @@ async fn dig_agrees() {
     })
     .await
     .unwrap();
+}
+
+/// Two regions of near-equal edges with different capacities (addresses
+/// 127.0.0.11-17, only fra's DNS listens): Europe (fra, ams 364 km from
+/// Frankfurt, par 478 km) and the Great Lakes (ord, dtw 381 km from
+/// Chicago, yyz 701 km), plus nyc. Unmapped addresses are placed in
+/// Luxembourg: fra 190 km, par 287 km, ams 320 km.
+fn spread_topology() -> Topology {
+    let edge = |name: &str, ip: u8, lat: f64, lon: f64, capacity: u32| {
+        format!(
+            "[[edge]]\nname = \"{name}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\
+             addresses = [\"127.0.0.{ip}\"]\ndns_listen = \"127.0.0.{ip}:0\"\n\
+             quic_listen = \"127.0.0.{ip}:0\"\nadmin_listen = \"127.0.0.{ip}:0\"\ncapacity = {capacity}\n"
+        )
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = [
+        format!(
+            "zone = \"fn.test.\"\ngeo_db = \"{}\"\ndefault_location = {{ lat = 49.61, lon = 6.13 }}\n\
+             [dns]\nttl = 20\nanswers = 1\nudp_sockets = 2\n",
+            root.join("geo/sample.mmdb").display()
+        ),
+        edge("fra", 11, 50.11, 8.68, 256),
+        edge("ams", 14, 52.37, 4.90, 100),
+        edge("par", 15, 48.86, 2.35, 300),
+        edge("nyc", 12, 40.71, -74.01, 256),
+        edge("ord", 16, 41.88, -87.63, 256),
+        edge("dtw", 17, 42.33, -83.05, 300),
+        edge("yyz", 13, 43.65, -79.38, 100),
+        "[[function]]\nname = \"echo\"\nexecutor = { kind = \"command\", command = [\"cat\"] }\n"
+            .into(),
+    ]
+    .concat();
+    fnroute::config::parse(&root.join("spread.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The TXT explanation of `name` for `net`, one line per string.
+async fn txt(addr: SocketAddr, name: &str, net: &str) -> String {
+    let r = udp(addr, &query(name, RecordType::TXT, Some(net))).await;
+    r.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned() + "\n")
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The answer and the ECS scope for `net`.
+async fn answer_and_scope(addr: SocketAddr, net: &str) -> (Vec<String>, u8) {
+    let r = udp(addr, &query("echo.fn.test.", RecordType::A, Some(net))).await;
+    let scope = ecs_of(&r)
+        .unwrap_or_else(|| panic!("{net}: ECS echoed"))
+        .scope_prefix();
+    (addresses(&r), scope)
+}
+
+#[tokio::test]
+async fn displaced_clients_are_spread_by_capacity_with_a_true_scope() {
+    const AMS: &str = "127.0.0.14";
+    const PAR: &str = "127.0.0.15";
+    const DTW: &str = "127.0.0.17";
+    const YYZ: &str = "127.0.0.13";
+    let s = serve(spread_topology(), "fra").await;
+    let down = EdgeState {
+        healthy: false,
+        draining: false,
+        load: 0.0,
+    };
+    // Before: every Frankfurt /56 (fd00:1::/32) gets fra; Paris gets par,
+    // scoped to its /24 (its unmapped neighbours get fra).
+    for i in 0..20u32 {
+        let net = format!("fd00:1:{:x}:{:x}00::/56", i * 97, i % 256);
+        assert_eq!(answer_and_scope(s.addr, &net).await.0, vec![FRA], "{net}");
+    }
+    let paris = answer_and_scope(s.addr, "198.51.100.0/24").await;
+    assert_eq!(paris, (vec![PAR.to_string()], 24));
+    let new_york = answer_and_scope(s.addr, "fd00:2::/32").await;
+    assert_eq!(new_york.0, vec![NYC]);
+
+    for name in ["fra", "ord"] {
+        let e = s.topology.edge_id(name).unwrap();
+        s.view.update(|v| v.with_edge(e, down.clone()));
+    }
+
+    // Frankfurt: 400 client /56s split over ams : par = 100 : 300; never
+    // nyc (not near-equal) nor fra (down). Each answer is scoped to its
+    // /56: the database network is a /32, but the draw is per /56.
+    let mut got = [0u32; 2];
+    for i in 0..400u32 {
+        let net = format!("fd00:1:{:x}:{:x}00::/56", i * 131, (i * 7) % 256);
+        let (a, scope) = answer_and_scope(s.addr, &net).await;
+        assert_eq!(scope, 56, "{net}");
+        match a.first().map(String::as_str) {
+            Some(AMS) => got[0] += 1,
+            Some(PAR) => got[1] += 1,
+            other => panic!("{net}: {other:?}"),
+        }
+        // True: a longer subnet inside gets the same answer, scoped /56.
+        if i % 40 == 0 {
+            let inner = net.replace("00::/56", "42:1::/64");
+            assert_eq!(answer_and_scope(s.addr, &inner).await, (a, 56), "{inner}");
+        }
+    }
+    let ams_share = f64::from(got[0]) / 400.0;
+    assert!((0.15..=0.35).contains(&ams_share), "ams {got:?}");
+
+    // Chicago (one /16 in the database): its 256 /24s split over dtw : yyz
+    // = 300 : 100 (nyc, 1144 km, is not near-equal to dtw's 381 km). The
+    // scope is the /24, narrower than the database network.
+    let mut got = [0u32; 2];
+    for i in 0..256u32 {
+        let net = format!("198.18.{i}.0/24");
+        let (a, scope) = answer_and_scope(s.addr, &net).await;
+        assert_eq!(scope, 24, "{net}");
+        match a.first().map(String::as_str) {
+            Some(DTW) => got[0] += 1,
+            Some(YYZ) => got[1] += 1,
+            other => panic!("{net}: {other:?}"),
+        }
+    }
+    let dtw_share = f64::from(got[0]) / 256.0;
+    assert!((0.62..=0.88).contains(&dtw_share), "dtw {got:?}");
+    // Other spellings of one client /24 get its answer: a /32 inside
+    // (scope /24), the /16 around it (answered for 198.18.0.0/24, scope
+    // /24: longer than the source, as RFC 7871 allows), IPv4-mapped.
+    let (a5, _) = answer_and_scope(s.addr, "198.18.5.0/24").await;
+    assert_eq!(
+        answer_and_scope(s.addr, "198.18.5.77/32").await,
+        (a5.clone(), 24)
+    );
+    let (a0, _) = answer_and_scope(s.addr, "198.18.0.0/24").await;
+    assert_eq!(answer_and_scope(s.addr, "198.18.0.0/16").await, (a0, 24));
+    assert_eq!(
+        answer_and_scope(s.addr, "::ffff:198.18.5.0/120").await,
+        (a5, 120)
+    );
+
+    // Not displaced: Paris and New York get exactly what they got before.
+    // Paris's unmapped neighbours are displaced now, and their best viable
+    // edge is par too, but they are spread per /24 over par and ams: the
+    // scope must not widen over them (it would not be true).
+    assert_eq!(answer_and_scope(s.addr, "198.51.100.0/24").await, paris);
+    assert_eq!(answer_and_scope(s.addr, "fd00:2::/32").await, new_york);
+    let mut neighbours = std::collections::BTreeSet::new();
+    for third in (96..104).filter(|&t| t != 100) {
+        let net = format!("198.51.{third}.0/24");
+        neighbours.insert(answer_and_scope(s.addr, &net).await.0);
+    }
+    assert_eq!(
+        neighbours,
+        [vec![AMS.to_string()], vec![PAR.to_string()]].into(),
+        "Paris's unmapped neighbours in 198.51.96.0/21 are split"
+    );
+
+    // The TXT explanation says so.
+    let text = txt(s.addr, "echo.fn.test.", "198.18.5.0/24").await;
+    assert!(
+        text.contains("198.18.5.0/24 drawn by capacity among dtw, yyz"),
+        "{text}"
+    );
+    assert!(text.contains("lost (spread"), "{text}");
+    assert!(text.contains("ord lost (unhealthy)"), "{text}");
+
+    // fra and ord back: everyone gets the nearest edge again.
+    for name in ["fra", "ord"] {
+        let e = s.topology.edge_id(name).unwrap();
+        s.view.update(|v| v.with_edge(e, EdgeState::default()));
+    }
+    assert_eq!(
+        answer_and_scope(s.addr, "fd00:1:42:1700::/56").await.0,
+        vec![FRA]
+    );
+    assert_eq!(
+        answer_and_scope(s.addr, "198.18.9.0/24").await.0,
+        vec!["127.0.0.16"]
+    );
 }
