@@ -324,6 +324,9 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+    /// Edges that joined / left the fleet.
+    pub edges_added: Vec<String>,
+    pub edges_removed: Vec<String>,
     /// The geo database's generation after the reload, if it reloaded.
     pub geo_generation: Option<u64>,
     /// Why the geo database was not reloaded (the old one stays).
@@ -413,12 +416,39 @@ impl Reloader {
         let Some(old) = contexts.first().map(EdgeContext::topology) else {
             return report;
         };
-        let restart = crate::config::reload::restart_required(&old, &new);
-        if !restart.is_empty() {
-            tracing::error!(file = %self.source.display(), "topology reload rejected (needs a restart), keeping the running one: {}", restart.join("; "));
-            report.errors = restart;
+        let mut refused = crate::config::reload::restart_required(&old, &new);
+        for cx in contexts {
+            let name = cx.name();
+            if !new.edges.iter().any(|e| e.name == name) {
+                refused.push(format!(
+                    "edge {name} is served by this process and was removed: drain and stop this node instead (docs/operations.md)"
+                ));
+            }
+        }
+        if !refused.is_empty() {
+            tracing::error!(file = %self.source.display(), "topology reload rejected (needs a restart), keeping the running one: {}", refused.join("; "));
+            report.errors = refused;
             return report;
         }
+        // Old edges keep their EdgeId; removed ones stay as retired slots.
+        let new = Arc::new(crate::config::reload::align(&old, (*new).clone()));
+        let edges_added: Vec<String> = new
+            .edges
+            .iter()
+            .filter(|e| !e.retired && !old.edges.iter().any(|o| o.name == e.name && !o.retired))
+            .map(|e| e.name.clone())
+            .collect();
+        let edges_removed: Vec<String> = new
+            .edges
+            .iter()
+            .filter(|e| e.retired && old.edges.iter().any(|o| o.name == e.name && !o.retired))
+            .map(|e| e.name.clone())
+            .collect();
+        if !edges_added.is_empty() || !edges_removed.is_empty() {
+            tracing::info!(added = ?edges_added, removed = ?edges_removed, "edges changed");
+        }
+        report.edges_added = edges_added;
+        report.edges_removed = edges_removed;
         let (added, changed, removed) = crate::config::reload::function_changes(&old, &new);
         for cx in contexts {
             apply(cx, &old, &new, &changed, &removed);
@@ -441,7 +471,7 @@ impl Reloader {
     }
 }
 
-/// Applies a validated, live-applicable topology to one edge.
+/// Applies a validated, live-applicable, `align`ed topology to one edge.
 fn apply(
     cx: &EdgeContext,
     old: &Topology,
@@ -453,9 +483,19 @@ fn apply(
     // topology from it. Same edges, so health states carry over by index.
     cx.view.update(|v| {
         let mut next = crate::placement::View::from_topology(new.clone(), v.generation);
-        next.edges = v.edges.clone();
+        for (i, state) in next.edges.iter_mut().enumerate() {
+            if new.edges.get(i).is_some_and(|e| e.retired) {
+                state.healthy = false;
+                state.draining = true;
+            } else if let Some(was) = v.edges.get(i) {
+                *state = was.clone();
+            }
+        }
         next
     });
+    if let Some(d) = &cx.dispatch {
+        d.mesh.sync(new);
+    }
     let pools = cx.exec.reconcile(new.clone());
     tracing::info!(edge = %cx.name(), added = ?pools.added, changed = ?pools.changed, removed = ?pools.removed, "executor pools reconciled");
     for f in changed.iter().chain(removed) {

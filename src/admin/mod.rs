@@ -520,6 +520,8 @@ async fn reload(
             "added": report.added,
             "changed": report.changed,
             "removed": report.removed,
+            "edges_added": report.edges_added,
+            "edges_removed": report.edges_removed,
         },
         "geo": {
             "ok": report.geo_error.is_none(),

@@ -168,6 +168,7 @@ pub fn build(
         .edges
         .iter()
         .enumerate()
+        .filter(|(_, e)| !e.retired)
         .map(|(i, e)| {
             let s = state_of(i);
             EdgeStatus {

@@ -166,6 +166,10 @@ pub struct Edge {
     pub capacity: u32,
     /// Byte bound of the edge's response cache.
     pub cache_bytes: u64,
+    /// Removed by a live reload. A running process keeps the slot so that
+    /// `EdgeId`s never move; nothing hosts on, answers with, forwards to
+    /// or probes a retired edge. Never set by loading a file.
+    pub retired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,15 @@
 //! What a live topology reload may change. Pure: compares two validated
 //! topologies and lists every difference that only a restart can apply.
 //!
-//! Applied live: functions (added, changed, removed), `[[route]]`,
-//! `[[event]]`, `[routing]`, `[dns]` ttl/answers/load_threshold/serial,
-//! `default_location`, and each edge's `location` and `addresses`.
+//! Applied live: functions (added, changed, removed), edges (added,
+//! removed, and each edge's `location` and `addresses`), `[[route]]`,
+//! `[[event]]`, `[routing]`, `[dns]` ttl/answers/load_threshold/serial and
+//! `default_location`.
 //! Everything that owns a socket, a certificate, a process-wide resource
 //! or an edge's identity needs a restart (drain, then restart: no
 //! downtime for clients, docs/operations.md).
 
-use super::model::Topology;
+use super::model::{Function, Topology};
 
 /// Every difference between `old` and `new` that a live reload cannot
 /// apply, as one message each (empty: the reload can be applied live).
@@ -35,17 +36,11 @@ pub fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
         old.dns.udp_sockets != new.dns.udp_sockets,
     );
     differs("dns.rate_limit", old.dns.rate_limit != new.dns.rate_limit);
-    let names = |t: &Topology| t.edges.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
-    let (was, now) = (names(old), names(new));
-    if was != now {
-        out.push(format!(
-            "the edges changed (were [{}], now [{}]); adding, removing or reordering edges needs a restart of every node",
-            was.join(", "),
-            now.join(", ")
-        ));
-        return out;
-    }
-    for (a, b) in old.edges.iter().zip(&new.edges) {
+    // Edges present before and after keep their sockets and size.
+    for a in old.edges.iter().filter(|e| !e.retired) {
+        let Some(b) = new.edges.iter().find(|b| b.name == a.name) else {
+            continue;
+        };
         let e = &a.name;
         differs(
             &format!("edge {e}: dns_listen"),
@@ -68,14 +63,65 @@ pub fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
     out
 }
 
-/// Names of functions added, changed and removed from `old` to `new`.
+/// `new` rearranged so that every edge keeps its `EdgeId` from `old`: an
+/// edge of `old` missing from `new` stays in its slot as `retired`, edges
+/// new to the fleet are appended, and every function's `edges` are
+/// re-indexed. Running state indexed by `EdgeId` (the view, peer
+/// connections and statistics, DNS counters) then stays valid.
+pub fn align(old: &Topology, mut new: Topology) -> Topology {
+    let fresh = std::mem::take(&mut new.edges);
+    let mut edges: Vec<_> = old
+        .edges
+        .iter()
+        .map(|o| match fresh.iter().find(|e| e.name == o.name) {
+            Some(e) => e.clone(),
+            None => {
+                let mut gone = o.clone();
+                gone.retired = true;
+                gone
+            }
+        })
+        .collect();
+    for e in &fresh {
+        if !edges.iter().any(|o| o.name == e.name) {
+            edges.push(e.clone());
+        }
+    }
+    for f in &mut new.functions {
+        f.edges = f
+            .edges
+            .iter()
+            .filter_map(|&i| fresh.get(i))
+            .filter_map(|e| edges.iter().position(|o| o.name == e.name))
+            .collect();
+    }
+    new.edges = edges;
+    new
+}
+
+/// Whether two definitions of a function run the same way (placement,
+/// `edges`, aside: moving a function keeps its warm pool and its cache).
+pub fn same_definition(a: &Function, b: &Function) -> bool {
+    a.name == b.name
+        && a.executor == b.executor
+        && a.memory_mb == b.memory_mb
+        && a.timeout == b.timeout
+        && a.concurrency_min == b.concurrency_min
+        && a.concurrency_max == b.concurrency_max
+        && a.cache == b.cache
+        && a.idempotent == b.idempotent
+        && a.gatekeeper == b.gatekeeper
+}
+
+/// Names of functions added, changed (in definition, not placement) and
+/// removed from `old` to `new`.
 pub fn function_changes(old: &Topology, new: &Topology) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut added = Vec::new();
     let mut changed = Vec::new();
     for f in &new.functions {
         match old.functions.iter().find(|o| o.name == f.name) {
             None => added.push(f.name.clone()),
-            Some(o) if o != f => changed.push(f.name.clone()),
+            Some(o) if !same_definition(o, f) => changed.push(f.name.clone()),
             Some(_) => {}
         }
     }
@@ -86,4 +132,70 @@ pub fn function_changes(old: &Topology, new: &Topology) -> (Vec<String>, Vec<Str
         .map(|o| o.name.clone())
         .collect();
     (added, changed, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(edges: &[&str], functions: &str) -> Topology {
+        let mut text = String::from(
+            "zone = \"fn.test.\"\ngeo_db = \"geo/sample.mmdb\"\ndefault_location = { lat = 0.0, lon = 0.0 }\n",
+        );
+        for e in edges {
+            // Addresses by name, so reordering keeps an edge's sockets.
+            let i = u32::from(e.as_bytes()[0] - b'a');
+            text += &format!(
+                "[[edge]]\nname = \"{e}\"\nlocation = {{ lat = 0.0, lon = {i}.0 }}\naddresses = [\"127.0.0.{ip}\"]\ndns_listen = \"127.0.0.{ip}:53\"\nquic_listen = \"127.0.0.{ip}:443\"\n",
+                ip = 10 + i
+            );
+        }
+        text += functions;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topology.toml");
+        crate::config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const F: &str = "[[function]]\nname = \"f\"\nedges = [\"c\", \"b\"]\nexecutor = { kind = \"command\", command = [\"cat\"] }\n";
+
+    #[test]
+    fn align_keeps_edge_ids_retires_and_appends() {
+        let old = topo(&["a", "b", "c"], F);
+        // b leaves, d joins, the file lists them in another order.
+        let new = topo(&["d", "c", "a"], &F.replace("\"c\", \"b\"", "\"d\", \"c\""));
+        assert!(restart_required(&old, &new).is_empty());
+        let aligned = align(&old, new);
+        let names: Vec<(&str, bool)> = aligned
+            .edges
+            .iter()
+            .map(|e| (e.name.as_str(), e.retired))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", false), ("b", true), ("c", false), ("d", false)]
+        );
+        let f = aligned.function("f").unwrap();
+        assert_eq!(f.edges, [3, 2], "re-indexed: d, c");
+        // Moving a function is no definition change.
+        let (added, changed, removed) = function_changes(&old, &aligned);
+        assert!(added.is_empty() && changed.is_empty() && removed.is_empty());
+    }
+
+    #[test]
+    fn sockets_and_sizes_of_kept_edges_need_a_restart() {
+        let old = topo(&["a", "b"], F.replace("\"c\", \"b\"", "\"b\"").as_str());
+        let mut new = old.clone();
+        new.edges[1].quic_listen = "127.0.0.11:444".parse().unwrap();
+        new.edges[0].capacity += 1;
+        new.quic.max_connections += 1;
+        let why = restart_required(&old, &new);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why.iter().any(|w| w.contains("edge b: quic_listen")));
+        assert!(why.iter().any(|w| w.contains("edge a: capacity")));
+        assert!(why.iter().any(|w| w.contains("[quic]")));
+        // Location and addresses are live.
+        let mut moved = old.clone();
+        moved.edges[0].location.lat = 10.0;
+        moved.edges[0].addresses.push("::1".parse().unwrap());
+        assert!(restart_required(&old, &moved).is_empty());
+    }
 }

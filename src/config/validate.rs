@@ -804,6 +804,7 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
             admin_listen,
             capacity,
             cache_bytes,
+            retired: false,
         });
     }
     for i in 0..listeners.len() {

@@ -153,6 +153,9 @@ fn apex(state: &DnsState, qtype: u16, r: &mut Response<'_>) {
             let zone = r.zone_at;
             let mut at = [0usize; 1024];
             for (edge, slot) in state.topology.edges.iter().enumerate().zip(at.iter_mut()) {
+                if edge.1.retired {
+                    continue;
+                }
                 let len = r.w().rr_start_ptr(zone, wire::TYPE_NS, NS_TTL);
                 *slot = r.out.len();
                 let label = &state.ns_labels[edge.0];
@@ -163,6 +166,9 @@ fn apex(state: &DnsState, qtype: u16, r: &mut Response<'_>) {
                 r.an += 1;
             }
             for (edge, &owner) in at.iter().take(state.topology.edges.len()).enumerate() {
+                if state.topology.edges.get(edge).is_none_or(|e| e.retired) {
+                    continue;
+                }
                 r.glue(state, edge, wire::TYPE_A, Section::Additional, owner);
                 r.glue(state, edge, wire::TYPE_AAAA, Section::Additional, owner);
             }

@@ -251,6 +251,7 @@ impl DnsState {
         let ns_names = ns_labels
             .iter()
             .enumerate()
+            .filter(|(i, _)| t.edges.get(*i).is_some_and(|e| !e.retired))
             .map(|(i, l)| (l.clone(), i))
             .collect();
         let v4 = t

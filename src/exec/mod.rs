@@ -208,7 +208,8 @@ pub struct Executors {
 /// (cancelled when a reload replaced or removed it and it drained).
 #[derive(Debug)]
 struct PoolEntry {
-    function: Arc<Function>,
+    /// Swapped when a reload only moves the function between edges.
+    function: ArcSwap<Function>,
     pool: Pool,
     stop: CancellationToken,
     /// Invocations inside this pool (for draining a replaced pool).
@@ -285,7 +286,7 @@ impl Executors {
             ))),
         };
         Arc::new(PoolEntry {
-            function: Arc::new(f.clone()),
+            function: ArcSwap::from_pointee(f.clone()),
             pool,
             stop,
             in_flight: AtomicUsize::new(0),
@@ -304,7 +305,12 @@ impl Executors {
         let mut retired = Vec::new();
         for f in topology.functions.iter().filter(|f| f.hosted_on(self.edge)) {
             match old.get(&f.name) {
-                Some(e) if *e.function == *f => {
+                Some(e) if **e.function.load() == *f => {
+                    next.insert(f.name.clone(), e.clone());
+                }
+                // Only its placement moved: keep the warm pool.
+                Some(e) if crate::config::reload::same_definition(&e.function.load(), f) => {
+                    e.function.store(Arc::new(f.clone()));
                     next.insert(f.name.clone(), e.clone());
                 }
                 Some(e) => {
@@ -329,7 +335,8 @@ impl Executors {
             let edge = self.edge_name.clone();
             // Bounded by the function's own timeout plus the kill grace:
             // nothing it admitted can run longer.
-            let grace = e.function.timeout + KILL_GRACE;
+            let function = e.function.load_full();
+            let grace = function.timeout + KILL_GRACE;
             self.tasks.spawn(async move {
                 if let Pool::Lambda(p) = &e.pool {
                     p.set_draining();
@@ -342,7 +349,7 @@ impl Executors {
                 if let Pool::Lambda(p) = &e.pool {
                     p.fail_queued();
                 }
-                tracing::info!(%edge, function = %e.function.name, "retired pool drained and stopped");
+                tracing::info!(%edge, function = %function.name, "retired pool drained and stopped");
             });
         }
         done
@@ -352,11 +359,11 @@ impl Executors {
     pub fn function(&self, name: &str) -> Option<Arc<Function>> {
         let pools = self.pools.load();
         match pools.get(name) {
-            Some(e) => Some(e.function.clone()),
+            Some(e) => Some(e.function.load_full()),
             None => pools
                 .values()
-                .find(|e| e.function.name.eq_ignore_ascii_case(name))
-                .map(|e| e.function.clone()),
+                .find(|e| e.function.load().name.eq_ignore_ascii_case(name))
+                .map(|e| e.function.load_full()),
         }
     }
 

@@ -128,6 +128,8 @@ pub struct PeerStats {
 
 struct Peer {
     name: String,
+    /// Removed from the topology by a live reload: never probed again.
+    retired: std::sync::atomic::AtomicBool,
     /// The configured `quic_listen`, or the bound address when the peer
     /// runs in this process (`set_peer_addr`).
     addr: Mutex<SocketAddr>,
@@ -143,8 +145,9 @@ pub struct Mesh {
     pub settings: MeshSettings,
     pub cluster: pki::Cluster,
     client: Client,
-    /// Indexed by `EdgeId`; this edge's own slot is never used.
-    peers: Vec<Peer>,
+    /// Indexed by `EdgeId`; this edge's own slot is never used. Grows when
+    /// a live reload adds edges (`sync`); slots are never removed.
+    peers: ArcSwap<Vec<Arc<Peer>>>,
     /// Recent local run latency per function (ms, EWMA).
     latency: Mutex<HashMap<String, f64>>,
 }
@@ -154,6 +157,22 @@ impl std::fmt::Debug for Mesh {
         f.debug_struct("Mesh")
             .field("edge", &self.edge_name)
             .finish()
+    }
+}
+
+fn new_peer(e: &crate::config::Edge) -> Peer {
+    Peer {
+        name: e.name.clone(),
+        retired: std::sync::atomic::AtomicBool::new(e.retired),
+        addr: Mutex::new(e.quic_listen),
+        conn: tokio::sync::Mutex::new(None),
+        stats: Mutex::new(PeerStats {
+            health: PeerHealth::default(),
+            ewma: PeakEwma::new(DEFAULT_RTT, DEFAULT_DECAY, Instant::now()),
+            outlier: Outlier::default(),
+            last_report: None,
+            last_rtt: None,
+        }),
     }
 }
 
@@ -177,22 +196,10 @@ impl Mesh {
             .map(|e| e.quic_listen.ip())
             .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
         let client = Client::with_config(config, SocketAddr::new(ip, 0))?;
-        let now = Instant::now();
         let peers = topology
             .edges
             .iter()
-            .map(|e| Peer {
-                name: e.name.clone(),
-                addr: Mutex::new(e.quic_listen),
-                conn: tokio::sync::Mutex::new(None),
-                stats: Mutex::new(PeerStats {
-                    health: PeerHealth::default(),
-                    ewma: PeakEwma::new(DEFAULT_RTT, DEFAULT_DECAY, now),
-                    outlier: Outlier::default(),
-                    last_report: None,
-                    last_rtt: None,
-                }),
-            })
+            .map(|e| Arc::new(new_peer(e)))
             .collect();
         Ok(Self {
             edge,
@@ -200,18 +207,56 @@ impl Mesh {
             settings: settings.clone(),
             cluster,
             client,
-            peers,
+            peers: ArcSwap::from_pointee(peers),
             latency: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Every peer edge (all edges but this one).
-    pub fn peer_ids(&self) -> impl Iterator<Item = EdgeId> + '_ {
-        (0..self.peers.len()).filter(move |&i| i != self.edge)
+    /// Every peer edge (all edges but this one and retired ones).
+    pub fn peer_ids(&self) -> Vec<EdgeId> {
+        let peers = self.peers.load();
+        (0..peers.len())
+            .filter(|&i| {
+                i != self.edge
+                    && peers
+                        .get(i)
+                        .is_some_and(|p| !p.retired.load(std::sync::atomic::Ordering::Relaxed))
+            })
+            .collect()
     }
 
-    pub fn peer_name(&self, peer: EdgeId) -> &str {
-        self.peers.get(peer).map(|p| p.name.as_str()).unwrap_or("?")
+    fn peer(&self, peer: EdgeId) -> Option<Arc<Peer>> {
+        self.peers.load().get(peer).cloned()
+    }
+
+    pub fn peer_name(&self, peer: EdgeId) -> String {
+        self.peer(peer)
+            .map_or_else(|| "?".to_string(), |p| p.name.clone())
+    }
+
+    /// Follows a live reload (an `config::reload::align`ed topology: old
+    /// edges keep their slots): new edges get a peer slot, retired ones
+    /// are no longer probed and lose their pooled connection, and the
+    /// cluster accepts the new edge names.
+    pub fn sync(&self, topology: &crate::config::Topology) {
+        use std::sync::atomic::Ordering;
+        let old = self.peers.load_full();
+        let mut next: Vec<Arc<Peer>> = Vec::with_capacity(topology.edges.len());
+        for (i, e) in topology.edges.iter().enumerate() {
+            let p = match old.get(i).filter(|p| p.name == e.name) {
+                Some(p) => p.clone(),
+                None => Arc::new(new_peer(e)),
+            };
+            let was = p.retired.swap(e.retired, Ordering::Relaxed);
+            if e.retired && !was {
+                if let Ok(mut slot) = p.conn.try_lock() {
+                    *slot = None;
+                }
+            }
+            next.push(p);
+        }
+        self.peers.store(Arc::new(next));
+        self.cluster.set_names(topology);
     }
 
     fn hysteresis(&self) -> Hysteresis {
@@ -228,8 +273,7 @@ impl Mesh {
         peer: EdgeId,
     ) -> Result<std::sync::Arc<Connection>, ClientError> {
         let p = self
-            .peers
-            .get(peer)
+            .peer(peer)
             .filter(|_| peer != self.edge)
             .ok_or_else(|| ClientError::Request(format!("no peer edge {peer}")))?;
         let mut slot = p.conn.lock().await;
@@ -248,14 +292,14 @@ impl Mesh {
     /// Where `peer` really listens, when it runs in this process (a
     /// configured port 0 is only known after binding).
     pub fn set_peer_addr(&self, peer: EdgeId, addr: SocketAddr) {
-        if let Some(p) = self.peers.get(peer) {
+        if let Some(p) = self.peer(peer) {
             *p.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
         }
     }
 
     /// Forgets `conn` if it is still the pooled connection of `peer`.
     pub fn drop_connection(&self, peer: EdgeId, conn: &std::sync::Arc<Connection>) {
-        if let Some(p) = self.peers.get(peer) {
+        if let Some(p) = self.peer(peer) {
             if let Ok(mut slot) = p.conn.try_lock() {
                 if slot
                     .as_ref()
@@ -269,7 +313,7 @@ impl Mesh {
 
     /// Runs `f` on the stats of `peer`.
     pub fn with_stats<T>(&self, peer: EdgeId, f: impl FnOnce(&mut PeerStats) -> T) -> Option<T> {
-        let p = self.peers.get(peer)?;
+        let p = self.peer(peer)?;
         let mut s = p.stats.lock().unwrap_or_else(|e| e.into_inner());
         Some(f(&mut s))
     }
@@ -277,7 +321,7 @@ impl Mesh {
     /// Records one probe outcome of `peer`.
     pub fn record_probe(&self, peer: EdgeId, result: Result<(HealthReport, Duration), String>) {
         let h = self.hysteresis();
-        let name = self.peer_name(peer).to_string();
+        let name = self.peer_name(peer);
         let now = Instant::now();
         let changed = self.with_stats(peer, |s| match result {
             Ok((report, rtt)) => {

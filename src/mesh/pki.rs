@@ -127,8 +127,9 @@ pub struct Cluster {
     identity: Arc<CertifiedKey>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
-    /// Names of every edge of the topology, for `peer_edge`.
-    names: Arc<[String]>,
+    /// Names of every (not retired) edge of the topology, for
+    /// `peer_edge`; replaced by a live reload (`set_names`).
+    names: Arc<arc_swap::ArcSwap<Vec<String>>>,
 }
 
 impl Cluster {
@@ -168,8 +169,13 @@ impl Cluster {
             identity,
             chain,
             key: Arc::new(key),
-            names: topology.edges.iter().map(|e| e.name.clone()).collect(),
+            names: Arc::new(arc_swap::ArcSwap::from_pointee(live_names(topology))),
         })
+    }
+
+    /// Takes the edge names of a reloaded topology.
+    pub fn set_names(&self, topology: &Topology) {
+        self.names.store(Arc::new(live_names(topology)));
     }
 
     /// The client-certificate verifier of the front door: clients with a
@@ -229,8 +235,17 @@ impl Cluster {
     pub fn peer_edge(&self, conn: &quinn::Connection) -> Option<String> {
         let identity = conn.peer_identity()?;
         let certs = identity.downcast_ref::<Vec<CertificateDer<'static>>>()?;
-        peer_name(certs.first()?, &self.names)
+        peer_name(certs.first()?, &self.names.load())
     }
+}
+
+fn live_names(topology: &Topology) -> Vec<String> {
+    topology
+        .edges
+        .iter()
+        .filter(|e| !e.retired)
+        .map(|e| e.name.clone())
+        .collect()
 }
 
 /// Which of `names` the certificate is valid for (as a DNS name).

@@ -106,9 +106,17 @@ impl Prober {
     /// its executors (draining is sticky once set).
     fn publish(&self, view: &LiveView) {
         let me = self.mesh.edge;
-        let observed: Vec<EdgeState> = (0..view.load().edges.len())
+        let current = view.snapshot();
+        let observed: Vec<EdgeState> = (0..current.edges.len())
             .map(|id| {
-                if id == me {
+                if current.topology.edges.get(id).is_some_and(|e| e.retired) {
+                    // Removed by a reload: never a candidate again.
+                    EdgeState {
+                        healthy: false,
+                        draining: true,
+                        load: 0.0,
+                    }
+                } else if id == me {
                     EdgeState {
                         healthy: true,
                         draining: self.exec.is_draining(),
