@@ -391,6 +391,33 @@ async fn metrics_count_real_dns_queries_and_invocations() {
         .await
         .expect("upper runs on fra");
     assert_eq!(&out.body[..], b"METERED");
+    // Through the front door: one local, one forwarded, one routed.
+    let client = fnroute::frontdoor::client::Client::new(
+        &fnroute::frontdoor::client::Trust::Insecure,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let conn = client
+        .connect(fleet.quic_addrs[0], "localhost")
+        .await
+        .unwrap();
+    let r = conn
+        .invoke("upper", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = conn
+        .invoke("resize", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.header("fnroute-edge")), (200, Some("nyc")));
+    let mut req = fnroute::frontdoor::client::Request::invoke("x", bytes::Bytes::from_static(b"x"));
+    req.path = "/route".into();
+    let r = conn
+        .send(req.header("fnroute-route", "upper"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
 
     let text = get(fleet.admin[0], "/metrics").await.text();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -431,6 +458,44 @@ async fn metrics_count_real_dns_queries_and_invocations() {
     );
     assert!(value(m::METERING_MB_MS, &[("edge", "fra"), ("function", "upper")]) >= 64.0);
     let _ = value(m::POOL_WORKERS, &[("edge", "fra"), ("function", "upper")]);
+    assert!(
+        value(
+            m::INVOCATIONS,
+            &[
+                ("edge", "fra"),
+                ("function", "upper"),
+                ("outcome", "ok"),
+                ("path", "local")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            m::INVOCATIONS,
+            &[
+                ("edge", "fra"),
+                ("function", "resize"),
+                ("outcome", "ok"),
+                ("path", "forwarded")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == m::INVOCATION_DURATION
+                && s.labels.get("function") == Some("resize")
+                && matches!(s.value, Value::Histogram(_))),
+        "latency histogram of forwarded invocations:\n{text}"
+    );
+    assert!(value(m::ROUTES, &[("edge", "fra"), ("outcome", "ok")]) >= 1.0);
+    assert!(
+        value(
+            m::ROUTE_STEPS,
+            &[("edge", "fra"), ("step", "upper"), ("path", "local")]
+        ) >= 1.0
+    );
     fleet.shutdown(Duration::from_secs(2)).await;
 }
 
