@@ -42,7 +42,8 @@ impl CacheKey {
     }
 
     /// The key of one request to `function`: `version` is
-    /// [`function_version`]`(function)` (compute it once per config load),
+    /// [`function_version`]`(function)`, which the topology keeps in
+    /// `Function::cache_version` (computed once per config load),
     /// `header(name)` returns a request header's value by its lower-case
     /// name. A function without a cache policy varies on nothing.
     pub fn for_request<'a>(
@@ -110,6 +111,8 @@ pub fn function_version(f: &Function) -> u64 {
         cache,
         idempotent: _,
         gatekeeper,
+        // The digest itself (what this computes).
+        cache_version: _,
     } = f;
     let mut h = Sha256::new();
     field(&mut h, b"fnroute-function-v1");

@@ -989,7 +989,7 @@ fn check_functions(
                 negative_ttl: r.negative_ttl_s.map(Duration::from_secs),
             }
         });
-        out.push(Function {
+        let mut function = Function {
             name,
             edges: hosted,
             executor,
@@ -1000,7 +1000,10 @@ fn check_functions(
             cache,
             idempotent: f.idempotent,
             gatekeeper: f.gatekeeper,
-        });
+            cache_version: 0,
+        };
+        function.cache_version = crate::cache::function_version(&function);
+        out.push(function);
     }
     out
 }

@@ -17,7 +17,7 @@ use super::limits::{self, Route};
 use super::problem::{Problem, ProblemKind};
 use super::server::{base_response, body_problem, execute, read_body, Reply, Shared, Stream};
 use super::EDGE_HEADER;
-use crate::cache::{self, CacheKey};
+use crate::cache::CacheKey;
 use crate::config::Function;
 use crate::dispatch::{DispatchError, Dispatcher, Forward, RouteCarry};
 use crate::exec::Invocation;
@@ -359,7 +359,7 @@ impl Run<'_> {
             trace: Some(self.trace.child(rand::random()).header()),
         };
         let key = f.cache.as_ref().map(|_| {
-            CacheKey::for_request(f, cache::function_version(f), &inv.payload, |h| {
+            CacheKey::for_request(f, f.cache_version, &inv.payload, |h| {
                 self.req.headers().get(h).and_then(|v| v.to_str().ok())
             })
         });

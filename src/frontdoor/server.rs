@@ -18,7 +18,7 @@ use super::limits::{self, Admit, Route};
 use super::problem::{Problem, ProblemKind};
 use super::tls::{self, CertFiles};
 use super::{FrontdoorError, EDGE_HEADER, REQUEST_ID_HEADER};
-use crate::cache::{self, CacheKey, CacheStatus};
+use crate::cache::{CacheKey, CacheStatus};
 use crate::config::QuicSettings;
 use crate::exec::Invocation;
 
@@ -324,7 +324,9 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                             .as_ref()
                             .and_then(|d| d.mesh.cluster.peer_edge(&conn))
                     };
-                    requests.spawn(request(shared.clone(), resolver, early, peer));
+                    // Boxed: the request future is over 2 KiB, and spawning
+                    // copies a future several times on its way into the task.
+                    requests.spawn(Box::pin(request(shared.clone(), resolver, early, peer)));
                 }
                 Next::Request(Ok(None)) => break,
                 Next::Request(Err(e)) => {
@@ -586,12 +588,9 @@ async fn handle(
     // The cache is consulted before admission and execution: a hit never
     // touches an executor. Only functions with a cache policy get a key.
     let key = function.cache.as_ref().map(|_| {
-        CacheKey::for_request(
-            function,
-            cache::function_version(function),
-            &inv.payload,
-            |h| req.headers().get(h).and_then(|v| v.to_str().ok()),
-        )
+        CacheKey::for_request(function, function.cache_version, &inv.payload, |h| {
+            req.headers().get(h).and_then(|v| v.to_str().ok())
+        })
     });
     let run = {
         let shared = shared.clone();
