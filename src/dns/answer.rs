@@ -13,6 +13,10 @@ use super::{DnsState, Transport};
 /// TTL of the apex NS records and their glue: they change only with the
 /// topology file.
 const NS_TTL: u32 = 3600;
+/// Largest answer over UDP, whatever the client's EDNS buffer: RFC 9715
+/// recommends at most 1400 bytes so that responses are never fragmented;
+/// larger answers are truncated and the client retries over TCP.
+pub(crate) const MAX_UDP: usize = 1400;
 
 /// Writes the response to `packet` into `out` (cleared first). Returns
 /// false when nothing must be sent (runts, responses).
@@ -37,7 +41,7 @@ pub(crate) fn respond(
     let max = match transport {
         Transport::Udp => q
             .edns
-            .map_or(512, |e| usize::from(e.payload).clamp(512, 4096)),
+            .map_or(512, |e| usize::from(e.payload).clamp(512, MAX_UDP)),
         Transport::Tcp => usize::from(u16::MAX),
     };
     let mut r = Response::start(&q, out);

@@ -55,7 +55,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How the query arrived: decides the largest response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// 512 bytes, or the client's EDNS payload size (at most 4096).
+    /// 512 bytes, or the client's EDNS payload size (at most 1400, RFC 9715).
     Udp,
     /// 65535 bytes.
     Tcp,

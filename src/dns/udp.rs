@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{answer, Responder, Transport, Verdict};
+use super::{answer, wire, Responder, Transport, Verdict};
 
 /// Queries read (and responses sent) per system call. Small batches keep
 /// latency low: a thread that empties its socket and blocks often is
@@ -36,6 +36,7 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::U
             // Larger buffers absorb bursts; the kernel may clamp them.
             let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
             let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            set_dont_fragment(&s, addr.is_ipv4());
             s.set_read_timeout(Some(POLL))?;
             s.bind(&addr.into())?;
             Ok(s.into())
@@ -44,15 +45,53 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::U
 }
 
 fn set_reuse_port(s: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+}
+
+/// Responses leave with "don't fragment" set and are never fragmented
+/// locally (RFC 9715, DNS Flag Day 2020): `PROBE` sets DF and sizes by the
+/// interface MTU, ignoring path-MTU notices (which can be spoofed to make
+/// a server fragment). Answers are kept to `answer::MAX_UDP` bytes, and
+/// one that still does not fit goes out truncated (see `worker`). A side
+/// effect measured in docs/performance.md: the kernel gives DF datagrams
+/// IP ID 0 instead of hashing a fresh ID per response. Best effort: a
+/// kernel without the option sends as before.
+fn set_dont_fragment(s: &Socket, v4: bool) {
+    let r = if v4 {
+        set_int(
+            s,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    } else {
+        set_int(
+            s,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )
+        .and_then(|()| set_int(s, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1))
+    };
+    if let Err(error) = r {
+        tracing::debug!(%error, "dns udp: cannot set don't-fragment");
+    }
+}
+
+fn set_int(
+    s: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a valid socket descriptor and a c_int option value of the
     // size given.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -91,6 +130,8 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
         })
         .collect();
     let mut tx_msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+    // Which received datagram each response answers.
+    let mut query_of = [0usize; BATCH];
     while !stop.load(Ordering::Relaxed) {
         for m in rx_msgs.iter_mut() {
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -154,6 +195,7 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
             h.msg_namelen = rx_msgs[i].msg_hdr.msg_namelen;
             h.msg_iov = &mut tx_iov[k];
             h.msg_iovlen = 1;
+            query_of[k] = i;
             k += 1;
         }
         let mut sent = 0;
@@ -169,6 +211,24 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
             };
             if r <= 0 {
                 let e = io::Error::last_os_error();
+                // Already truncated and still too large: give up on it.
+                let truncated = match tx[sent].get(2..4) {
+                    Some(&[a, b]) => u16::from_be_bytes([a, b]) & wire::FLAG_TC != 0,
+                    _ => true,
+                };
+                if e.raw_os_error() == Some(libc::EMSGSIZE) && !truncated {
+                    // Larger than the interface allows without fragments:
+                    // the same answer truncated (TC), so the client retries
+                    // over TCP.
+                    let i = query_of[sent];
+                    let len = (rx_msgs[i].msg_len as usize).min(MAX_QUERY);
+                    let out = &mut tx[sent];
+                    if answer::truncated(&rx[i][..len], out) {
+                        tx_iov[sent].iov_base = out.as_mut_ptr().cast();
+                        tx_iov[sent].iov_len = out.len();
+                        continue;
+                    }
+                }
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::debug!(error = %e, "dns udp send failed; response dropped");
                     sent += 1;

@@ -75,6 +75,16 @@ async fn serve(t: Topology, edge: &str) -> Server {
     }
 }
 
+/// `fra` with `n` addresses 127.0.`net`.1..n (answers of many records).
+async fn fra_with_addresses(n: u8, net: u8) -> Server {
+    start_with("fra", |t| {
+        t.edges[0].addresses = (1..=n)
+            .map(|i| format!("127.0.{net}.{i}").parse().unwrap())
+            .collect();
+    })
+    .await
+}
+
 async fn start() -> Server {
     start_with("fra", |_| {}).await
 }
@@ -544,12 +554,7 @@ async fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
 #[tokio::test]
 async fn truncation_when_the_answer_does_not_fit() {
     // fra with 40 addresses: 40 A records do not fit in 512 bytes.
-    let s = start_with("fra", |t| {
-        t.edges[0].addresses = (1..=40)
-            .map(|i| format!("127.0.1.{i}").parse().unwrap())
-            .collect();
-    })
-    .await;
+    let s = fra_with_addresses(40, 1).await;
     let m = query("upper.fn.test.", RecordType::A, None);
     let r = udp(s.addr, &m).await;
     assert!(r.metadata.truncation, "TC without EDNS");
@@ -566,6 +571,32 @@ async fn truncation_when_the_answer_does_not_fit() {
     let r = tcp(s.addr, &m).await;
     assert!(!r.metadata.truncation);
     assert_eq!(addresses(&r).len(), 40);
+}
+
+#[tokio::test]
+async fn udp_answers_never_exceed_1400_bytes() {
+    // RFC 9715: whatever buffer the client offers, a UDP answer stays within
+    // 1400 bytes (sent with don't-fragment); 100 A records (~1.6 KB) are
+    // truncated even for a 4096-byte EDNS buffer, and TCP carries them.
+    let s = fra_with_addresses(100, 2).await;
+    let mut m = query("upper.fn.test.", RecordType::A, None);
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    m.set_edns(edns);
+    let bytes = udp_raw(s.addr, &m.to_vec().unwrap())
+        .await
+        .expect("a UDP answer");
+    assert!(bytes.len() <= 1400, "{} bytes over UDP", bytes.len());
+    let r = Message::from_vec(&bytes).unwrap();
+    assert!(r.metadata.truncation, "TC for an answer over 1400 bytes");
+    let r = tcp(s.addr, &m).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 100);
+    // 60 records (~1 KB) fit in one datagram.
+    let s = fra_with_addresses(60, 2).await;
+    let r = udp(s.addr, &m).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 60);
 }
 
 #[tokio::test]
