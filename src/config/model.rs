@@ -163,6 +163,9 @@ pub struct Edge {
     pub dns_listen: SocketAddr,
     pub quic_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// DNS over QUIC (RFC 9250, ALPN `doq`) for the same zone, with the
+    /// front door's certificate; `None` = off.
+    pub doq_listen: Option<SocketAddr>,
     pub capacity: u32,
     /// Byte bound of the edge's response cache.
     pub cache_bytes: u64,

@@ -161,6 +161,8 @@ pub(crate) struct RawEdge {
     pub(crate) dns_listen: Spanned<String>,
     pub(crate) quic_listen: Spanned<String>,
     pub(crate) admin_listen: Option<Spanned<String>>,
+    /// DNS over QUIC (RFC 9250); off when absent.
+    pub(crate) doq_listen: Option<Spanned<String>>,
     pub(crate) capacity: Option<Spanned<u32>>,
     /// Bytes of the edge's response cache (entries, keys and headers).
     pub(crate) cache_bytes: Option<Spanned<u64>>,

@@ -54,6 +54,10 @@ pub fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
             &format!("edge {e}: admin_listen"),
             a.admin_listen != b.admin_listen,
         );
+        differs(
+            &format!("edge {e}: doq_listen"),
+            a.doq_listen != b.doq_listen,
+        );
         differs(&format!("edge {e}: capacity"), a.capacity != b.capacity);
         differs(
             &format!("edge {e}: cache_bytes"),

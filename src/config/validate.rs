@@ -760,6 +760,11 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
             // Loopback by default, on an ephemeral port: admin is opt-in.
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
+        let doq_listen = e.doq_listen.as_ref().map(|a| {
+            let addr = parse_listen(cx, a, format!("{key}.doq_listen"));
+            listeners.push((addr, format!("{key}.doq_listen"), a.span()));
+            addr
+        });
         let capacity = e
             .capacity
             .as_ref()
@@ -802,6 +807,7 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
             dns_listen,
             quic_listen,
             admin_listen,
+            doq_listen,
             capacity,
             cache_bytes,
             retired: false,

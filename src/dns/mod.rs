@@ -400,6 +400,16 @@ pub struct BoundDns {
     udp: Vec<std::net::UdpSocket>,
     tcp: tokio::net::TcpListener,
     addr: SocketAddr,
+    doq: Option<Doq>,
+}
+
+/// DNS over QUIC (RFC 9250) on `doq_listen`: hickory-server's DoQ listener
+/// (quinn, ALPN `doq`) with the front door's certificate, answering
+/// through the same handler as TCP.
+struct Doq {
+    socket: tokio::net::UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
 }
 
 impl BoundDns {
@@ -407,6 +417,11 @@ impl BoundDns {
     /// topology asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The DNS-over-QUIC address, when `doq_listen` is configured.
+    pub fn doq_addr(&self) -> Option<SocketAddr> {
+        self.doq.as_ref().map(|d| d.addr)
     }
 
     pub fn state(&self) -> &Arc<DnsState> {
@@ -435,6 +450,13 @@ impl BoundDns {
             cell: self.cell.clone(),
         });
         server.register_listener(self.tcp, TCP_IDLE, 64);
+        if let Some(doq) = self.doq {
+            let addr = doq.addr;
+            match server.register_quic_listener_and_tls_config(doq.socket, TCP_IDLE, doq.tls) {
+                Ok(()) => tracing::info!(edge = %name, %addr, "dns over quic serving"),
+                Err(error) => tracing::error!(%error, edge = %name, %addr, "dns over quic failed"),
+            }
+        }
         tracing::info!(edge = %name, addr = %self.addr, udp_workers = workers.len(), "dns serving");
         token.cancelled().await;
         stop.store(true, Ordering::Relaxed);
@@ -462,12 +484,17 @@ pub async fn bind(cx: &EdgeContext) -> anyhow::Result<BoundDns> {
 
 /// Binds the `dns_listen` of `state`'s edge (see [`bind`]).
 pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
-    let want = state
+    let edge = state
         .topology
         .edges
         .get(state.edge)
-        .context("edge index out of range")?
-        .dns_listen;
+        .context("edge index out of range")?;
+    let want = edge.dns_listen;
+    let doq = match edge.doq_listen {
+        Some(addr) => Some(bind_doq(&state.topology, addr).await?),
+        None => None,
+    };
+    let mut doq = Some(doq);
     let sockets = match state.topology.dns.udp_sockets {
         0 => default_udp_sockets(),
         n => n,
@@ -490,6 +517,7 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
                     udp,
                     tcp,
                     addr,
+                    doq: doq.take().flatten(),
                 })
             }
             Err(e) => last_error = Some((addr, e)),
@@ -497,6 +525,26 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
     }
     let (addr, e) = last_error.context("no UDP bind attempted")?;
     Err(anyhow::Error::new(e).context(format!("binding DNS UDP on {addr}")))
+}
+
+/// Binds `doq_listen` and makes its TLS configuration (the front door's
+/// certificate, ALPN `doq`).
+async fn bind_doq(topology: &Topology, want: SocketAddr) -> anyhow::Result<Doq> {
+    let files = crate::frontdoor::tls::cert_files(topology)
+        .with_context(|| format!("certificate for DNS over QUIC on {want}"))?;
+    let tls = crate::frontdoor::tls::doq_server_config(&files)
+        .with_context(|| format!("TLS for DNS over QUIC on {want}"))?;
+    let socket = tokio::net::UdpSocket::bind(want)
+        .await
+        .with_context(|| format!("binding DNS over QUIC on {want}"))?;
+    let addr = socket
+        .local_addr()
+        .with_context(|| format!("DNS over QUIC socket on {want}"))?;
+    Ok(Doq {
+        socket,
+        tls: Arc::new(tls),
+        addr,
+    })
 }
 
 /// `[dns].udp_sockets = 0`: one socket (and thread) per core this process

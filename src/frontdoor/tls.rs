@@ -63,7 +63,11 @@ pub fn dev_cert_names(topology: &Topology) -> Vec<String> {
     }
     for e in &topology.edges {
         names.extend(e.addresses.iter().map(|a| a.to_string()));
-        for ip in [e.quic_listen.ip(), e.dns_listen.ip()] {
+        let doq = e.doq_listen.map(|a| a.ip());
+        for ip in [Some(e.quic_listen.ip()), Some(e.dns_listen.ip()), doq]
+            .into_iter()
+            .flatten()
+        {
             if !ip.is_unspecified() {
                 names.push(ip.to_string());
             }
@@ -122,6 +126,15 @@ pub(crate) fn server_config_with(
     tls.alpn_protocols = vec![b"h3".to_vec()];
     // QUIC allows only 0 or u32::MAX here.
     tls.max_early_data_size = if enable_0rtt { u32::MAX } else { 0 };
+    Ok(tls)
+}
+
+/// The rustls configuration of DNS over QUIC (RFC 9250): the same
+/// certificate as the front door, TLS 1.3, ALPN `doq`, no client
+/// certificates and no early data.
+pub(crate) fn doq_server_config(files: &CertFiles) -> Result<rustls::ServerConfig, FrontdoorError> {
+    let mut tls = server_config_with(files, false, None)?;
+    tls.alpn_protocols = vec![b"doq".to_vec()];
     Ok(tls)
 }
 

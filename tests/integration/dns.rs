@@ -28,6 +28,8 @@ const SIN: &str = "127.0.0.13";
 
 struct Server {
     addr: SocketAddr,
+    /// DNS over QUIC, when the topology has `doq_listen`.
+    doq: Option<SocketAddr>,
     topology: Arc<Topology>,
     view: Arc<LiveView>,
     state: Arc<DnsState>,
@@ -63,11 +65,13 @@ async fn serve(t: Topology, edge: &str) -> Server {
     let state = DnsState::new(t.edge_id(edge).expect("edge"), t.clone(), geo, view.clone());
     let bound = dns::bind_state(Arc::new(state)).await.expect("bind");
     let addr = bound.local_addr();
+    let doq = bound.doq_addr();
     let state = bound.state().clone();
     let token = CancellationToken::new();
     tokio::spawn(bound.serve(token.clone()));
     Server {
         addr,
+        doq,
         topology: t,
         view,
         state,
@@ -597,6 +601,76 @@ async fn udp_answers_never_exceed_1400_bytes() {
     let r = udp(s.addr, &m).await;
     assert!(!r.metadata.truncation);
     assert_eq!(addresses(&r).len(), 60);
+}
+
+/// One query over DNS over QUIC (RFC 9250): a stream per query, a 2-byte
+/// length prefix, message ID 0; the server's certificate is trusted from
+/// `ca` (the development certificate) for the name `localhost`.
+async fn doq(addr: SocketAddr, ca: &Path, m: &Message) -> Message {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"doq".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint
+        .connect(addr, "localhost")
+        .unwrap()
+        .await
+        .expect("DoQ handshake");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut m = m.clone();
+    m.metadata.id = 0;
+    let bytes = m.to_vec().unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    send.write_all(&framed).await.unwrap();
+    send.finish().unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(65537))
+        .await
+        .expect("a DoQ answer in time")
+        .unwrap();
+    let len = u16::from_be_bytes([reply[0], reply[1]]) as usize;
+    assert_eq!(len, reply.len() - 2, "one length-prefixed message");
+    let r = Message::from_vec(&reply[2..]).expect("the answer decodes");
+    conn.close(0u32.into(), b"");
+    r
+}
+
+#[tokio::test]
+async fn dns_over_quic_answers_like_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with("fra", |t| {
+        t.state_dir = dir.path().to_path_buf();
+        t.edges[0].doq_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let addr = s.doq.expect("doq_listen bound");
+    let ca = dir.path().join("dev-cert.pem");
+    // ECS decides as over UDP: Paris gets fra, Jakarta sin.
+    for (net, want) in [("198.51.100.0/24", FRA), ("203.0.113.0/24", SIN)] {
+        let m = query("echo.fn.test.", RecordType::A, Some(net));
+        let over_quic = doq(addr, &ca, &m).await;
+        assert_eq!(over_quic.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&over_quic), vec![want], "{net} over DoQ");
+        assert_eq!(
+            addresses(&udp(s.addr, &m).await),
+            vec![want],
+            "{net} over UDP"
+        );
+    }
+    // Errors too: a name outside the zone is refused.
+    let r = doq(addr, &ca, &query("example.org.", RecordType::A, None)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
 }
 
 #[tokio::test]
