@@ -911,8 +911,8 @@ async fn serve(listener: tokio::net::TcpListener, pool: Arc<LambdaPool>, worker:
     loop {
         let accepted = listener.accept().await;
         while conns.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(error) => {
                 tracing::debug!(%error, "runtime api accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -929,6 +929,9 @@ async fn serve(listener: tokio::net::TcpListener, pool: Arc<LambdaPool>, worker:
             async move { Ok::<_, Infallible>(handle(&pool, worker, req).await) }
         });
         conns.spawn(async move {
+            if !peer_allowed(&stream, peer) {
+                return;
+            }
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
@@ -939,6 +942,39 @@ async fn serve(listener: tokio::net::TcpListener, pool: Arc<LambdaPool>, worker:
         });
     }
 }
+
+/// Whether `peer` may use this Runtime API: its socket must belong to the
+/// user the workers run as (see `peer`). Where socket diagnostics are not
+/// available at all, nothing can be checked and the connection is served.
+fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> bool {
+    let Ok(local) = stream.local_addr() else {
+        return false;
+    };
+    // Inline, not on the blocking pool: one netlink request and its answer
+    // (microseconds; a thread hop would cost more than the lookup).
+    match super::peer::owner(peer, local) {
+        super::peer::Owner::Uid(uid) if Some(uid) == *WORKER_UID => true,
+        super::peer::Owner::Unavailable => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "socket diagnostics (netlink) unavailable: Runtime API connections are not checked for their user"
+                )
+            });
+            true
+        }
+        other => {
+            tracing::warn!(%peer, owner = ?other, "runtime api connection from another user refused");
+            false
+        }
+    }
+}
+
+/// The user the workers run as: ours.
+static WORKER_UID: std::sync::LazyLock<Option<u32>> = std::sync::LazyLock::new(|| {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+});
 
 async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();

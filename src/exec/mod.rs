@@ -24,6 +24,7 @@
 
 mod command;
 mod lambda;
+mod peer;
 mod policy;
 mod process;
 

@@ -247,6 +247,88 @@ async fn worker_sees_the_lambda_environment() {
     );
 }
 
+/// Sends `GET /nope` to `api` from `python3` run as `uid` (None: ours) and
+/// returns the first bytes of the reply (empty: the connection was closed
+/// without one), or None when this process may not switch users.
+fn runtime_api_reply(api: &str, uid: Option<u32>) -> Option<String> {
+    use std::os::unix::process::CommandExt;
+    let (host, port) = api.split_once(':').expect("host:port");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{host}', {port}), timeout=3)\n\
+         s.sendall(b'GET /nope HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         try:\n    d = s.recv(12)\n\
+         except OSError:\n    d = b''\n\
+         print(d.decode('latin-1'), end='')\n"
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).current_dir("/");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    match cmd.output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(e) => panic!("python3: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_api_refuses_other_users() {
+    let ex = start(
+        EXECUTORS,
+        &lambda(
+            "probe",
+            r#"["python3", "../tests/functions/probe.py"], handler = "probe.handler""#,
+            "timeout_ms = 10000",
+        ),
+    );
+    let out = json_of(
+        &ex.invoke(inv(
+            "probe",
+            json!({"whoami": true}),
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("whoami"),
+    );
+    let api = out["env"]["AWS_LAMBDA_RUNTIME_API"]
+        .as_str()
+        .expect("runtime api")
+        .to_string();
+    // Our own user is served (an unknown path: nothing is taken).
+    let ours = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || runtime_api_reply(&api, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ours.as_deref(), Some("HTTP/1.1 404"));
+    // Another user (nobody) is refused: the connection closes unanswered.
+    let theirs = tokio::task::spawn_blocking(move || runtime_api_reply(&api, Some(65534)))
+        .await
+        .unwrap();
+    match theirs {
+        Some(reply) => assert_eq!(reply, "", "another user got an answer"),
+        None => eprintln!("not root: cannot run a client as another user; check skipped"),
+    }
+    // The worker still serves invocations.
+    ex.invoke(inv(
+        "probe",
+        json!({"whoami": true}),
+        Duration::from_secs(5),
+    ))
+    .await
+    .expect("still serving");
+}
+
 // ---- deadlines, crashes, hangs ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
