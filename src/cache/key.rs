@@ -41,21 +41,20 @@ impl CacheKey {
         }
     }
 
-    /// The key of one request to `function`: `version` is
-    /// [`function_version`]`(function)`, which the topology keeps in
-    /// `Function::cache_version` (computed once per config load),
-    /// `header(name)` returns a request header's value by its lower-case
-    /// name. A function without a cache policy varies on nothing.
+    /// The key of one request to `function`, whose version is the
+    /// [`function_version`] the topology keeps in `Function::cache_version`
+    /// (computed once per config load); `header(name)` returns a request
+    /// header's value by its lower-case name. A function without a cache
+    /// policy varies on nothing.
     pub fn for_request<'a>(
         function: &Function,
-        version: u64,
         payload: &[u8],
         mut header: impl FnMut(&str) -> Option<&'a str>,
     ) -> Self {
         let names: &[String] = function.cache.as_ref().map_or(&[], |c| &c.vary);
         Self::new(
             &function.name,
-            version,
+            function.cache_version,
             payload,
             names.iter().map(|n| header(n)),
         )

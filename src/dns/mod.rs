@@ -494,7 +494,6 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
         Some(addr) => Some(bind_doq(&state.topology, addr).await?),
         None => None,
     };
-    let mut doq = Some(doq);
     let sockets = match state.topology.dns.udp_sockets {
         0 => default_udp_sockets(),
         n => n,
@@ -517,7 +516,7 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
                     udp,
                     tcp,
                     addr,
-                    doq: doq.take().flatten(),
+                    doq,
                 })
             }
             Err(e) => last_error = Some((addr, e)),

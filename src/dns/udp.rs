@@ -212,11 +212,11 @@ pub(super) fn worker(sock: std::net::UdpSocket, mut responder: Responder, stop: 
             if r <= 0 {
                 let e = io::Error::last_os_error();
                 // Already truncated and still too large: give up on it.
-                let truncated = match tx[sent].get(2..4) {
+                let truncated = || match tx[sent].get(2..4) {
                     Some(&[a, b]) => u16::from_be_bytes([a, b]) & wire::FLAG_TC != 0,
                     _ => true,
                 };
-                if e.raw_os_error() == Some(libc::EMSGSIZE) && !truncated {
+                if e.raw_os_error() == Some(libc::EMSGSIZE) && !truncated() {
                     // Larger than the interface allows without fragments:
                     // the same answer truncated (TC), so the client retries
                     // over TCP.

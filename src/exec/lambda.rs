@@ -944,7 +944,7 @@ async fn serve(listener: tokio::net::TcpListener, pool: Arc<LambdaPool>, worker:
 }
 
 /// Whether `peer` may use this Runtime API: its socket must belong to the
-/// user the workers run as (see `peer`). Where socket diagnostics are not
+/// user the workers run as, ours (see `peer`). Where socket diagnostics are not
 /// available at all, nothing can be checked and the connection is served.
 fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> bool {
     let Ok(local) = stream.local_addr() else {
@@ -953,7 +953,8 @@ fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> b
     // Inline, not on the blocking pool: one netlink request and its answer
     // (microseconds; a thread hop would cost more than the lookup).
     match super::peer::owner(peer, local) {
-        super::peer::Owner::Uid(uid) if Some(uid) == *WORKER_UID => true,
+        // SAFETY: geteuid(2) cannot fail and touches no memory of ours.
+        super::peer::Owner::Uid(uid) if uid == unsafe { libc::geteuid() } => true,
         super::peer::Owner::Unavailable => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -969,12 +970,6 @@ fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> b
         }
     }
 }
-
-/// The user the workers run as: ours.
-static WORKER_UID: std::sync::LazyLock<Option<u32>> = std::sync::LazyLock::new(|| {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-});
 
 async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();

@@ -61,7 +61,7 @@ fn v4(a: SocketAddr) -> Option<Ipv4Addr> {
 
 /// The request for the TCP socket whose local end is `me` and remote end
 /// `them` (an exact lookup, not a dump).
-pub(crate) fn request(me: (Ipv4Addr, u16), them: (Ipv4Addr, u16)) -> Vec<u8> {
+fn request(me: (Ipv4Addr, u16), them: (Ipv4Addr, u16)) -> Vec<u8> {
     let mut b = Vec::with_capacity(NLMSG_HEADER + REQUEST_LEN);
     b.extend_from_slice(&((NLMSG_HEADER + REQUEST_LEN) as u32).to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -85,7 +85,7 @@ pub(crate) fn request(me: (Ipv4Addr, u16), them: (Ipv4Addr, u16)) -> Vec<u8> {
 
 /// The uid in the kernel's answer; `None` for an error answer (no such
 /// socket) or one too short to hold it.
-pub(crate) fn parse(answer: &[u8]) -> Option<u32> {
+fn parse(answer: &[u8]) -> Option<u32> {
     let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
     if kind != SOCK_DIAG_BY_FAMILY {
         return None;

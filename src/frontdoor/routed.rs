@@ -359,7 +359,7 @@ impl Run<'_> {
             trace: Some(self.trace.child(rand::random()).header()),
         };
         let key = f.cache.as_ref().map(|_| {
-            CacheKey::for_request(f, f.cache_version, &inv.payload, |h| {
+            CacheKey::for_request(f, &inv.payload, |h| {
                 self.req.headers().get(h).and_then(|v| v.to_str().ok())
             })
         });

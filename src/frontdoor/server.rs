@@ -588,7 +588,7 @@ async fn handle(
     // The cache is consulted before admission and execution: a hit never
     // touches an executor. Only functions with a cache policy get a key.
     let key = function.cache.as_ref().map(|_| {
-        CacheKey::for_request(function, function.cache_version, &inv.payload, |h| {
+        CacheKey::for_request(function, &inv.payload, |h| {
             req.headers().get(h).and_then(|v| v.to_str().ok())
         })
     });

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnroute::cache::{
-    function_version, Cache, CacheKey, CacheStatus, Cacheable, CacheableError, Directive, Fetched,
-};
+use fnroute::cache::{Cache, CacheKey, CacheStatus, Cacheable, CacheableError, Directive, Fetched};
 use fnroute::config::{self, CachePolicy, Function};
 use tokio::time::{advance, sleep};
 
@@ -235,7 +233,6 @@ fn function(text: &str) -> Function {
 async fn vary_headers_split_entries() {
     let cache = TestCache::new(16 * MIB);
     let greet = function(TOPOLOGY);
-    let version = function_version(&greet);
     let p = greet.cache.clone().unwrap();
     assert_eq!(
         p.vary,
@@ -244,7 +241,7 @@ async fn vary_headers_split_entries() {
     );
     let f = Counted::new(Duration::ZERO);
     let key_for = |lang: Option<&'static str>, tenant: Option<&'static str>| {
-        CacheKey::for_request(&greet, version, b"hi", |name| match name {
+        CacheKey::for_request(&greet, b"hi", |name| match name {
             "accept-language" => lang,
             "x-tenant" => tenant,
             other => panic!("asked for header {other:?}, which is not in vary"),
@@ -280,8 +277,7 @@ async fn a_changed_definition_is_another_key() {
     let same = function(TOPOLOGY);
     let p = old.cache.clone().unwrap();
     let f = Counted::new(Duration::ZERO);
-    let key_of =
-        |func: &Function| CacheKey::for_request(func, function_version(func), b"x", |_| Some("en"));
+    let key_of = |func: &Function| CacheKey::for_request(func, b"x", |_| Some("en"));
     let a = cache.fetch(key_of(&old), Some(&p), f.ok("v", None)).await;
     let b = cache.fetch(key_of(&same), Some(&p), f.ok("v", None)).await;
     let c = cache.fetch(key_of(&new), Some(&p), f.ok("v", None)).await;
