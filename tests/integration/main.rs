@@ -13,5 +13,6 @@ mod frontdoor;
 mod geo;
 mod harness;
 mod mesh;
+mod qpack;
 mod reload;
 mod routing;
