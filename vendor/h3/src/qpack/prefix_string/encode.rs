@@ -410,21 +410,32 @@ pub(super) fn huffman_len(value: &[u8]) -> usize {
 
 /// Appends the Huffman code of `value` to `buf`, padded with 1 bits (the EOS prefix,
 /// RFC 7541 §5.2). Codes are at most 30 bits and fewer than 8 bits stay pending between
-/// bytes, so the 64-bit accumulator never loses a bit that is still to be written.
+/// bytes, so the 64-bit accumulator never loses a bit that is still to be written. Bytes
+/// go out through a small stack buffer: one `put_slice` per 60 bytes rather than a
+/// `put_u8`, with its capacity check, per byte.
 pub(super) fn huffman_encode<B: bytes::BufMut>(value: &[u8], buf: &mut B) {
     let (mut acc, mut bits) = (0u64, 0u32);
+    let (mut out, mut n) = ([0u8; 64], 0usize);
     for &b in value {
         let (code, len) = CODES[b as usize];
         acc = (acc << len) | code as u64;
         bits += len;
+        // At most 4 whole bytes per symbol (30 + 7 bits).
         while bits >= 8 {
             bits -= 8;
-            buf.put_u8((acc >> bits) as u8);
+            out[n] = (acc >> bits) as u8;
+            n += 1;
+        }
+        if n >= 60 {
+            buf.put_slice(&out[..n]);
+            n = 0;
         }
     }
     if bits > 0 {
-        buf.put_u8(((acc << (8 - bits)) as u8) | (0xff >> bits));
+        out[n] = ((acc << (8 - bits)) as u8) | (0xff >> bits);
+        n += 1;
     }
+    buf.put_slice(&out[..n]);
 }
 
 pub trait HpackStringEncode {
