@@ -27,6 +27,15 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// the kernel spreads clients over them).
 pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
     let count = count.max(1);
+    if count > 1 {
+        // `SO_REUSEPORT` lets a socket join any group of the same user on
+        // that port: another fnroute (or, in the tests, another server in
+        // the same process) would silently share our queries instead of
+        // failing with "address in use". A plain bind first proves the port
+        // free; the group is bound right after.
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        probe.bind(&addr.into())?;
+    }
     (0..count)
         .map(|_| {
             let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -603,6 +603,47 @@ async fn udp_answers_never_exceed_1400_bytes() {
     assert_eq!(addresses(&r).len(), 60);
 }
 
+/// A UDP port that another `SO_REUSEPORT` group of the same user holds is
+/// refused, not joined: joined, the two servers would split the queries.
+/// (Seen as a flaky test when a port-0 TCP bind handed out a port whose UDP
+/// side another test's server already had.)
+#[tokio::test]
+async fn a_dns_udp_port_in_use_is_refused_not_shared() {
+    use std::os::fd::AsRawFd;
+    let other = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            other.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_REUSEPORT");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    other.bind(&any.into()).unwrap();
+    let held = other.local_addr().unwrap().as_socket().unwrap();
+    // Its TCP side is free, so only the UDP bind can notice.
+    let t = Arc::new(topology(|t| t.edges[0].dns_listen = held));
+    let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
+    let view = Arc::new(LiveView::new(t.clone()));
+    let state = DnsState::new(t.edge_id("fra").expect("edge"), t.clone(), geo, view);
+    let err = match dns::bind_state(Arc::new(state)).await {
+        Ok(_) => panic!("bound {held} although its UDP port is in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&format!("binding DNS UDP on {held}")), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+}
+
 /// One query over DNS over QUIC (RFC 9250): a stream per query, a 2-byte
 /// length prefix, message ID 0; the server's certificate is trusted from
 /// `ca` (the development certificate) for the name `localhost`.
