@@ -200,22 +200,52 @@ where
     HeaderPrefix::new(0, 0, 0, 0).encode(block);
     for field in fields {
         let field = field.as_ref();
-
-        if let Some(index) = StaticTable::find(field) {
-            Indexed::Static(index).encode(block);
-        } else if let Some(index) = StaticTable::find_name(&field.name) {
-            // fnroute patch: encoded from the borrowed field, as `LiteralWithNameRef` and
-            // `Literal` encode, without first copying name and value into them.
-            prefix_int::encode(4, 0b0101, index as u64, block);
-            prefix_string::encode(8, 0, &field.value, block)?;
-        } else {
-            prefix_string::encode(4, 0b0010, &field.name, block)?;
-            prefix_string::encode(8, 0, &field.value, block)?;
-        }
-
+        encode_field_stateless(block, &field.name, &field.value)?;
         size += field.mem_size() as u64;
     }
     Ok(size)
+}
+
+/// fnroute patch: `encode_stateless` for a response head, straight from the borrowed
+/// status and header map (the `HeaderField` iterator copies every name and value into
+/// two new vectors first). Same fields in the same order, same size accounting.
+pub fn encode_response_stateless<W: BufMut>(
+    block: &mut W,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+) -> Result<u64, EncoderError> {
+    HeaderPrefix::new(0, 0, 0, 0).encode(block);
+    let fields = std::iter::once((&b":status"[..], status.as_str().as_bytes())).chain(
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
+    let mut size = 0;
+    for (name, value) in fields {
+        encode_field_stateless(block, name, value)?;
+        size += (name.len() + value.len() + super::field::ESTIMATED_OVERHEAD_BYTES) as u64;
+    }
+    Ok(size)
+}
+
+/// fnroute patch: one field of a stateless block, encoded from borrowed bytes as
+/// `Indexed`, `LiteralWithNameRef` and `Literal` encode it, without copying name and
+/// value into them first.
+fn encode_field_stateless<W: BufMut>(
+    block: &mut W,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(), EncoderError> {
+    if let Some(index) = StaticTable::find_bytes(name, value) {
+        Indexed::Static(index).encode(block);
+    } else if let Some(index) = StaticTable::find_name(name) {
+        prefix_int::encode(4, 0b0101, index as u64, block);
+        prefix_string::encode(8, 0, value, block)?;
+    } else {
+        prefix_string::encode(4, 0b0010, name, block)?;
+        prefix_string::encode(8, 0, value, block)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

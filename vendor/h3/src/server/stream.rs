@@ -121,12 +121,12 @@ where
         let response::Parts {
             status, headers, ..
         } = parts;
-        let headers = Header::response(status, headers);
-
         // fnroute patch: room for a typical header block up front, instead of
-        // growing from empty through several reallocations.
+        // growing from empty through several reallocations; encoded from the
+        // borrowed header map (upstream: `Header::response` and `encode_stateless`).
         let mut block = BytesMut::with_capacity(256);
-        let mem_size = qpack::encode_stateless(&mut block, headers).map_err(|_e| {
+        let mem_size =
+            qpack::encode_response_stateless(&mut block, status, &headers).map_err(|_e| {
             self.handle_connection_error_on_stream(InternalConnectionError {
                 code: Code::H3_INTERNAL_ERROR,
                 message: "Failed to encode headers".to_string(),

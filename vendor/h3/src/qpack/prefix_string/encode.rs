@@ -382,62 +382,6 @@ const HPACK_STRING: [EncodeValue; 256] = bits_encode![
     ( 26 => [0b1111_1111, 0b1111_1111, 0b1111_1011, 0b0000_0010]),
 ];
 
-/// Right-aligned code and bit length of every byte, derived at compile time from
-/// `HPACK_STRING` (RFC 7541 Appendix B). fnroute patch, see vendor/README.md.
-const CODES: [(u32, u32); 256] = {
-    let mut out = [(0u32, 0u32); 256];
-    let mut i = 0;
-    while i < 256 {
-        let v = &HPACK_STRING[i];
-        let (mut code, mut rest, mut j) = (0u32, v.bit_count, 0);
-        while j < v.buffer.len() {
-            let n = if rest < 8 { rest } else { 8 };
-            code = (code << n) | (v.buffer[j] as u32 & ((1u32 << n) - 1));
-            rest -= n;
-            j += 1;
-        }
-        out[i] = (code, v.bit_count);
-        i += 1;
-    }
-    out
-};
-
-/// Length in bytes of the Huffman code of `value`, padding included.
-pub(super) fn huffman_len(value: &[u8]) -> usize {
-    let bits: usize = value.iter().map(|&b| CODES[b as usize].1 as usize).sum();
-    bits.div_ceil(8)
-}
-
-/// Appends the Huffman code of `value` to `buf`, padded with 1 bits (the EOS prefix,
-/// RFC 7541 §5.2). Codes are at most 30 bits and fewer than 8 bits stay pending between
-/// bytes, so the 64-bit accumulator never loses a bit that is still to be written. Bytes
-/// go out through a small stack buffer: one `put_slice` per 60 bytes rather than a
-/// `put_u8`, with its capacity check, per byte.
-pub(super) fn huffman_encode<B: bytes::BufMut>(value: &[u8], buf: &mut B) {
-    let (mut acc, mut bits) = (0u64, 0u32);
-    let (mut out, mut n) = ([0u8; 64], 0usize);
-    for &b in value {
-        let (code, len) = CODES[b as usize];
-        acc = (acc << len) | code as u64;
-        bits += len;
-        // At most 4 whole bytes per symbol (30 + 7 bits).
-        while bits >= 8 {
-            bits -= 8;
-            out[n] = (acc >> bits) as u8;
-            n += 1;
-        }
-        if n >= 60 {
-            buf.put_slice(&out[..n]);
-            n = 0;
-        }
-    }
-    if bits > 0 {
-        out[n] = ((acc << (8 - bits)) as u8) | (0xff >> bits);
-        n += 1;
-    }
-    buf.put_slice(&out[..n]);
-}
-
 pub trait HpackStringEncode {
     fn hpack_encode(&self) -> Result<Vec<u8>, Error>;
 }
@@ -457,36 +401,6 @@ mod tests {
     #![allow(clippy::identity_op)]
 
     use super::*;
-
-    /// fnroute patch: the table-driven encoder equals the original bit-by-bit one.
-    #[test]
-    fn fast_encoder_matches_bitwise() {
-        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-        inputs.push((0..=255u8).collect());
-        inputs.push((0..=255u8).rev().cycle().take(1000).collect());
-        inputs.push(b"cache;desc=hit, total;dur=0.012".to_vec());
-        inputs.push(Vec::new());
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for n in 0..200 {
-            inputs.push(
-                (0..n)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect(),
-            );
-        }
-        for input in inputs {
-            let slow = input.hpack_encode().unwrap();
-            let mut fast = Vec::new();
-            huffman_encode(&input, &mut fast);
-            assert_eq!(fast, slow, "{input:?}");
-            assert_eq!(huffman_len(&input), slow.len());
-        }
-    }
 
     #[test]
     fn test_set_bits() {
