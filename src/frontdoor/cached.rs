@@ -23,8 +23,9 @@ pub type ResponseCache = Cache<CachedReply, Problem>;
 pub struct CachedReply {
     pub body: Bytes,
     pub content_type: HeaderValue,
-    /// `server-timing` of the run that produced it.
-    pub timing: String,
+    /// `server-timing` of the run that produced it (a header value: a
+    /// hit clones the entry, and cloning this shares its bytes).
+    pub timing: HeaderValue,
     pub directive: Directive,
 }
 

@@ -273,12 +273,15 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
             }
         };
         let requests = TaskTracker::new();
+        // Made once: re-made per request it would re-register with the token.
+        let cancelled = shared.token.cancelled();
+        tokio::pin!(cancelled);
         loop {
             // Biased: a handshake completion already processed by quinn is
             // seen before a request that arrived after it.
             let next = tokio::select! {
                 biased;
-                _ = shared.token.cancelled() => Next::Cancelled,
+                _ = &mut cancelled => Next::Cancelled,
                 ok = async {
                     match handshake.as_mut() {
                         Some((done, _)) => done.as_mut().await,
@@ -626,11 +629,17 @@ async fn handle(
     };
     let timing = match status {
         Some(s @ (CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Coalesced)) => {
-            cache_timing(s, started.elapsed())
+            HeaderValue::try_from(cache_timing(s, started.elapsed()))
+                .map_err(|e| Problem::new(ProblemKind::Internal, format!("server-timing: {e}")))?
         }
         _ => reply.timing.clone(),
     };
-    tracing::debug!(bytes = reply.body.len(), %timing, cache = status.map(CacheStatus::as_str), "invoked");
+    tracing::debug!(
+        bytes = reply.body.len(),
+        ?timing,
+        cache = status.map(CacheStatus::as_str),
+        "invoked"
+    );
     // Built in place rather than with `Response::builder()`, whose `Result`
     // chaining moves the whole head once per header: this is the path of
     // every local answer and cache hit.
@@ -643,8 +652,6 @@ async fn handle(
     }
     h.insert(header::CONTENT_TYPE, reply.content_type.clone());
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
-    let timing = HeaderValue::try_from(timing)
-        .map_err(|e| Problem::new(ProblemKind::Internal, format!("server-timing: {e}")))?;
     h.insert(super::SERVER_TIMING, timing);
     if let Some(s) = status.filter(|s| *s != CacheStatus::Bypass) {
         h.insert(super::CACHE, HeaderValue::from_static(s.as_str()));
@@ -738,6 +745,9 @@ pub(super) async fn execute(
         started.elapsed(),
         out.timing.cold_start,
     );
+    // Digits, letters and `;=,.` only: always a valid header value.
+    let timing = HeaderValue::try_from(timing)
+        .map_err(|e| Problem::new(ProblemKind::Internal, format!("server-timing: {e}")))?;
     let directive = CachedReply::directive_of(kind, &out.body, out.cache_control.as_deref());
     Ok(CachedReply {
         body: out.body,

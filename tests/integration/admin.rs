@@ -520,7 +520,7 @@ async fn cache_purge_needs_a_token_and_drops_entries() {
             Ok(fnroute::frontdoor::cached::CachedReply {
                 body: bytes::Bytes::from_static(b"x"),
                 content_type: http::HeaderValue::from_static("text/plain"),
-                timing: String::new(),
+                timing: http::HeaderValue::from_static(""),
                 directive: fnroute::cache::Directive::Default,
             })
         })
