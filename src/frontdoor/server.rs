@@ -647,7 +647,7 @@ async fn handle(
     let h = head.headers_mut();
     h.reserve(8);
     h.insert(super::EDGE, shared.edge_value.clone());
-    if let Ok(v) = HeaderValue::from_str(id) {
+    if let Some(v) = id_value(id) {
         h.insert(super::REQUEST_ID, v);
     }
     h.insert(header::CONTENT_TYPE, reply.content_type.clone());
@@ -940,10 +940,15 @@ pub(super) fn base_response(status: StatusCode, edge: &str, id: &str) -> http::r
     if let Ok(v) = HeaderValue::from_str(edge) {
         b = b.header(super::EDGE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(id) {
+    if let Some(v) = id_value(id) {
         b = b.header(super::REQUEST_ID, v);
     }
     b
+}
+
+/// The `fnroute-request-id` value (none for an id that is not a valid one).
+fn id_value(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(id).ok()
 }
 
 fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {

@@ -1,11 +1,11 @@
 //! Header fields survive HTTP/3 in both directions with the vendored h3's
-//! QPACK string encoder (vendor/README.md): a bare h3 server on loopback
+//! QPACK encoder (vendor/README.md: raw string literals, response heads
+//! encoded from the borrowed header map): a bare h3 server on loopback
 //! mirrors every request header into its response, and fnroute's client
 //! checks each value byte for byte. Both encoders are the patched one (client
 //! request, server response) and both decoders upstream's unchanged one, so
-//! every value here is coded by the new encoder and read back by the old
-//! decoder: Huffman-coded values, raw ones (where Huffman is not shorter)
-//! and every byte a header value may hold.
+//! every name and value here, with every byte a header value may hold, is
+//! written by the new encoder and read back by the old decoder.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use bytes::{Buf, Bytes};
 use fnroute::frontdoor::client::{Client, Request, Trust};
 
 /// Values for header fields: every allowed byte alone, all of them in one
-/// value, long runs of rare bytes (codes of 20+ bits, raw is shorter) and
-/// pseudo-random mixes of lengths 0..160.
+/// value, a long run of one byte above 0x7f and pseudo-random mixes of
+/// lengths 0..160.
 fn values() -> Vec<Vec<u8>> {
     let allowed: Vec<u8> = (0u8..=255)
         .filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
