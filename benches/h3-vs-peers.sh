@@ -28,6 +28,13 @@
 #      TOPOLOGY (generated into $STATE/topology.toml with FN as `cat`; give a file to use its functions)
 #      FN_PORT (4440; must match TOPOLOGY's quic_listen when TOPOLOGY is given)
 #      DUR (10s) BODY (256) SRV_CPU (1) LG_CPU (0) SCENARIOS ("c1x1 c4x64") ONLY (all peers)
+#      UDP_BUF (equal | kernel; default equal): equal gives the h3 echo's listening socket exactly the
+#        SO_RCVBUF/SO_SNDBUF the kernel gave fnroute's (fnroute sets udp_buffer_bytes, default 4 MiB, 8 MiB
+#        after the kernel's doubling; the echo calls no setsockopt and would get net.core.[rw]mem_default,
+#        208 KiB, and drop datagrams at 256 in flight): net.core.rmem_default/wmem_default are set to
+#        fnroute's rb/tb only while the echo binds, then restored (also on exit). The `ss -uampn` lines of
+#        both sockets go to stderr and udp_buf into results.jsonl. kernel: the echo keeps the defaults
+#        (runs before 2026-12-01). Same reasoning as benches/h3-ab.sh.
 # Output: one JSON line per run in $STATE/results.jsonl (with the response status counts, which h3load's
 #         JSON omits: a 429/502 counts as "ok" there) and a table on stdout.
 # Only processes this script started are stopped, by the PIDs it recorded.
@@ -158,7 +165,9 @@ stop_all() {
   done
   STARTED=()
 }
-trap stop_all EXIT
+SYSCTL_SAVED=()   # "path=value" to write back
+restore_sysctls() { local kv; for kv in "${SYSCTL_SAVED[@]}"; do echo "${kv#*=}" >"${kv%%=*}" 2>/dev/null || true; done; SYSCTL_SAVED=(); }
+trap 'stop_all; restore_sysctls' EXIT
 wait_udp() { for _ in $(seq 100); do ss -Hlun "sport = :$1" | grep -q . && return 0; sleep 0.1; done; log "udp :$1 not listening"; return 1; }
 wait_tcp() { for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.1; done; log "tcp :$1 not listening"; return 1; }
 
@@ -193,13 +202,29 @@ https://127.0.0.1:$CADDY_PROXY_KA_PORT {
 EOF
 
 log "starting servers (pinned to core $SRV_CPU)"
+UDP_BUF=${UDP_BUF:-equal}
+udp_sock() { ss -HuampnO "sport = :$1" 2>/dev/null | head -1; }
+skmem() { udp_sock "$1" | grep -o "skmem:([^)]*)" | grep -o "[(,]$2[0-9]*" | head -1 | tr -dc 0-9 || true; }   # port rb|tb|d
 start_one fnroute env FNROUTE_LOG=warn "$FNROUTE" serve --config "$TOPOLOGY"
+if [[ $UDP_BUF == equal ]]; then
+  wait_udp "$FN_PORT"
+  for k in rmem_default wmem_default; do SYSCTL_SAVED+=("/proc/sys/net/core/$k=$(cat /proc/sys/net/core/$k)"); done
+  echo "$(skmem "$FN_PORT" rb)" >/proc/sys/net/core/rmem_default && echo "$(skmem "$FN_PORT" tb)" >/proc/sys/net/core/wmem_default ||
+    { log "cannot set net.core.[rw]mem_default (root needed); use UDP_BUF=kernel"; exit 1; }
+fi
 start_one h3-echo "$PEERS" h3-echo --listen 127.0.0.1:$H3_ECHO_PORT
+if [[ $UDP_BUF == equal ]]; then wait_udp $H3_ECHO_PORT; restore_sysctls; fi
 start_one http-echo "$PEERS" http-echo --listen 127.0.0.1:$BACKEND_PORT
 start_one caddy env XDG_CONFIG_HOME="$STATE/caddy-config" XDG_DATA_HOME="$STATE/caddy-data" HOME="$STATE" \
   caddy run --config "$STATE/Caddyfile" --adapter caddyfile
 wait_udp "$FN_PORT"; wait_udp $H3_ECHO_PORT; wait_tcp $BACKEND_PORT; wait_udp $CADDY_PROXY_PORT; wait_udp $CADDY_PROXY_KA_PORT
 sleep 1
+UDP_BUF_DESC="$UDP_BUF: fnroute rb=$(skmem "$FN_PORT" rb) tb=$(skmem "$FN_PORT" tb), h3-echo rb=$(skmem $H3_ECHO_PORT rb) tb=$(skmem $H3_ECHO_PORT tb)"
+log "UDP buffers ($UDP_BUF_DESC); ss -uampn:"
+for p in "$FN_PORT" $H3_ECHO_PORT; do log "  $(udp_sock "$p")"; done
+if [[ $UDP_BUF == equal && $(skmem "$FN_PORT" rb)/$(skmem "$FN_PORT" tb) != $(skmem $H3_ECHO_PORT rb)/$(skmem $H3_ECHO_PORT tb) ]]; then
+  log "UDP_BUF=equal but the buffers differ: not running"; exit 1
+fi
 
 url() {
   case $1 in
@@ -259,8 +284,8 @@ for sc in $SCENARIOS; do
     [[ -n $json ]] || { log "FAILED $peer $sc: $out"; json='{"rps":0,"errors":-1}'; }
     st=$(echo "$out" | statuses)
     echo "$json" | jq -c --arg peer "$peer" --arg sc "$sc" --arg cmd "${cmd[*]}" --argjson drops "$((u1 - u0))" --argjson pre "$PRE_BUSY" \
-      --argjson st "$st" --arg exec "$EXEC" --arg body "${BODY_FILE:+json}" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-      '{peer:$peer,scenario:$sc} + . + {statuses:$st,udp_rcvbuf_drops:$drops,pre_run_busy_pct:$pre,loadavg:$load,exec:$exec,body:(if $body == "" then "x" else $body end),cmd:$cmd}' >>"$RESULTS"
+      --argjson st "$st" --arg exec "$EXEC" --arg body "${BODY_FILE:+json}" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg ub "$UDP_BUF_DESC" \
+      '{peer:$peer,scenario:$sc} + . + {statuses:$st,udp_rcvbuf_drops:$drops,pre_run_busy_pct:$pre,loadavg:$load,udp_buf:$ub,exec:$exec,body:(if $body == "" then "x" else $body end),cmd:$cmd}' >>"$RESULTS"
   done
 done
 
