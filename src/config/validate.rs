@@ -1029,7 +1029,9 @@ fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Exec
             ExecutorKind::Command
         }
     };
-    let workdir = base_dir(cx.file);
+    // Absolute (workers run with it as their current directory, so a
+    // relative program path must not depend on it) but not canonical.
+    let workdir = absolute(&base_dir(cx.file));
     let mut command = r.command.get_ref().clone();
     match command.first() {
         None => cx.err(
@@ -1063,19 +1065,31 @@ fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Exec
 
 /// Finds an executable: a path (relative to `base`) if it has a slash,
 /// else the first match on `PATH`.
+///
+/// The path is made absolute but never resolved through symlinks: a
+/// program is run by the path the operator wrote. A virtualenv's
+/// `bin/python` is a symlink to the base interpreter, and Python finds the
+/// venv (its `pyvenv.cfg`) from the path it was started by; resolving the
+/// link would run the base interpreter without the venv's packages.
 pub(crate) fn find_program(prog: &str, base: &Path) -> Option<PathBuf> {
     if prog.contains('/') {
         let p = if Path::new(prog).is_absolute() {
             PathBuf::from(prog)
         } else {
-            base.join(prog)
+            absolute(&base.join(prog))
         };
-        return is_executable(&p).then(|| p.canonicalize().unwrap_or(p));
+        return is_executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(prog))
         .find(|p| is_executable(p))
+}
+
+/// `p` made absolute against the current directory, lexically: symlinks
+/// are kept (see `find_program`).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -1088,6 +1102,30 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_keep_the_path_the_operator_wrote() {
+        // A venv's bin/python is a symlink; resolving it would lose the venv.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real-python");
+        std::fs::write(&real, "#!/bin/sh\n").expect("write");
+        let mut perm = std::fs::metadata(&real).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&real, perm).expect("chmod");
+        std::fs::create_dir(dir.path().join("venv")).expect("mkdir");
+        let link = dir.path().join("venv/python");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert_eq!(
+            find_program(&link.to_string_lossy(), dir.path()),
+            Some(link.clone())
+        );
+        assert_eq!(find_program("venv/python", dir.path()), Some(link));
+        // A relative base is made absolute (workers run in another directory).
+        let rel = find_program("sh", Path::new(".")).expect("sh on PATH");
+        assert!(rel.is_absolute(), "{rel:?}");
+        let found = find_program("./Cargo.toml", Path::new("."));
+        assert_eq!(found, None, "not executable");
+    }
 
     #[test]
     fn line_col_counts_from_one() {

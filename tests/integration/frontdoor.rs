@@ -837,3 +837,42 @@ fn carries_handshake_or_1rtt(d: &[u8]) -> bool {
     }
     false
 }
+
+/// A Lambda function run by a virtualenv's interpreter, configured exactly
+/// as a user writes it: the venv's `bin/python` (a symlink to the base
+/// interpreter) by absolute path, `-m awslambdaric`, the handler. Running
+/// the resolved link instead would start Python without the venv
+/// ("No module named awslambdaric", 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn venv_awslambdaric_function_answers_200() {
+    let py = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv-exec/bin/python");
+    let meta =
+        std::fs::symlink_metadata(py).unwrap_or_else(|e| panic!("{py}: {e}: run .ci/deps-exec.sh"));
+    assert!(
+        meta.file_type().is_symlink(),
+        "{py} should be the venv's symlink"
+    );
+    let mut edge = start(Opts {
+        functions: format!(
+            r#"
+[[function]]
+name = "venv"
+edges = ["fra"]
+executor = {{ kind = "lambda", command = ["{py}", "-m", "awslambdaric", "functions/ric_echo.handler"] }}
+timeout_ms = 10000
+"#
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let r = conn
+        .invoke("venv", Bytes::from_static(br#"{"from":"venv"}"#))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{r:?}");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(body, serde_json::json!({"from": "venv"}));
+    edge.shutdown().await;
+}

@@ -65,6 +65,9 @@ pub(crate) struct Opts {
     pub(crate) quic: &'static str,
     /// `capacity` of the served edge.
     pub(crate) capacity: u32,
+    /// More `[[function]]` tables; `functions/…` names the repository's
+    /// `edge-config/functions/` (linked beside the topology file).
+    pub(crate) functions: String,
 }
 
 impl Default for Opts {
@@ -72,6 +75,7 @@ impl Default for Opts {
         Self {
             quic: "",
             capacity: 16,
+            functions: String::new(),
         }
     }
 }
@@ -123,11 +127,18 @@ dns_listen = "127.0.0.2:65001"
 quic_listen = "127.0.0.2:65002"
 admin_listen = "127.0.0.2:65003"
 capacity = 16
-{FUNCTIONS}"#,
+{FUNCTIONS}
+{extra}"#,
         state = dir.path().join("state").display(),
         quic = opts.quic,
         capacity = opts.capacity,
+        extra = opts.functions,
     );
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/edge-config/functions"),
+        dir.path().join("functions"),
+    )
+    .expect("link functions/");
     let path = dir.path().join("topology.toml");
     std::fs::write(&path, &toml).expect("write topology");
     let mut topo = fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
