@@ -554,19 +554,19 @@ async fn reload_needs_a_token_and_reports_validation() {
     let dir = tempfile::tempdir().unwrap();
     // Without a token configured, mutating endpoints are off and say how
     // to turn them on.
+    // The real binary with FNROUTE_ADMIN_TOKEN removed, whatever the test
+    // runner's environment holds, so this is checked every run.
     let plain = dir.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
-    let fleet = start(&three_edges(&plain, "")).await;
-    if std::env::var_os(fnroute::admin::TOKEN_ENV).is_none() {
-        let r = http(fleet.admin[0], "POST", "/reload", &[], b"").await;
-        assert_eq!(r.status, 403, "{}", r.text());
-        let fix = r.json()["fix"].as_str().unwrap().to_string();
-        assert!(
-            fix.contains("admin_token_file") && fix.contains("FNROUTE_ADMIN_TOKEN"),
-            "{fix}"
-        );
-    }
-    fleet.shutdown(Duration::from_secs(2)).await;
+    let (_child, _logs, admin) = serve_nyc(&three_edges(&plain, ""), None);
+    let r = http(admin, "POST", "/reload", &[], b"").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let fix = r.json()["fix"].as_str().unwrap().to_string();
+    assert!(
+        fix.contains("admin_token_file") && fix.contains("FNROUTE_ADMIN_TOKEN"),
+        "{fix}"
+    );
+    drop(_child);
 
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
@@ -988,32 +988,34 @@ fn missing_admin_token_file_is_a_config_error() {
     );
 }
 
-/// The real binary, its token from the environment, reloaded over HTTP,
-/// then stopped with SIGTERM.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_takes_the_admin_token_from_the_environment() {
+/// The real binary serving edge `nyc` of `path`, with `FNROUTE_ADMIN_TOKEN`
+/// set to `token` or removed (whatever the test runner's environment
+/// holds): the process, its log lines, and its admin address.
+fn serve_nyc(
+    path: &Path,
+    token: Option<&str>,
+) -> (KillOnDrop, std::sync::mpsc::Receiver<String>, SocketAddr) {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let path = three_edges(dir.path(), "");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"))
-        .args([
-            "serve",
-            "--node",
-            "nyc",
-            "--grace",
-            "2s",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(&path)
-        .env("FNROUTE_ADMIN_TOKEN", "from-the-env")
-        .env("FNROUTE_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fnroute"));
+    cmd.args([
+        "serve",
+        "--node",
+        "nyc",
+        "--grace",
+        "2s",
+        "--log-format",
+        "json",
+        "--config",
+    ])
+    .arg(path)
+    .env("FNROUTE_LOG", "info")
+    .stderr(std::process::Stdio::piped());
+    match token {
+        Some(t) => cmd.env(fnroute::admin::TOKEN_ENV, t),
+        None => cmd.env_remove(fnroute::admin::TOKEN_ENV),
+    };
     // Killed if the test fails half-way, so no server outlives it.
-    let mut child = KillOnDrop(Some(child));
+    let mut child = KillOnDrop(Some(cmd.spawn().unwrap()));
     let stderr = child.get().stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1036,6 +1038,16 @@ async fn serve_takes_the_admin_token_from_the_environment() {
                 .unwrap();
         }
     };
+    (child, rx, admin)
+}
+
+/// The real binary, its token from the environment, reloaded over HTTP,
+/// then stopped with SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_the_admin_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_edges(dir.path(), "");
+    let (mut child, rx, admin) = serve_nyc(&path, Some("from-the-env"));
     let r = http(
         admin,
         "POST",
