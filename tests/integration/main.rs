@@ -6,6 +6,7 @@ mod admin;
 mod cache;
 mod cli;
 mod config;
+mod container;
 mod dns;
 mod edgecache;
 mod exec;
