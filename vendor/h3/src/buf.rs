@@ -22,6 +22,9 @@ impl<T: Buf> BufList<T> {
         self.bufs.push_back(buf);
     }
 
+    // fnroute patch: the return type hides the lifetime of `&self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     pub fn cursor(&self) -> Cursor<T> {
         Cursor {
             buf: self,

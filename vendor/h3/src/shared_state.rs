@@ -67,6 +67,9 @@ pub trait ConnectionState {
     }
 
     /// Get the settings
+    // fnroute patch: the return type hides the lifetime of `&self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     fn settings(&self) -> Cow<Settings> {
         //= https://www.rfc-editor.org/rfc/rfc9114#section-7.2.4.2
         //# Each endpoint SHOULD use

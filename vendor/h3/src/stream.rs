@@ -9,6 +9,9 @@ use futures_util::{future, ready};
 use pin_project_lite::pin_project;
 use tokio::io::ReadBuf;
 
+// fnroute patch: upstream's `Decode as _` below is unused in the library build; allowed
+// here rather than edited.
+#[allow(unused_imports)]
 use crate::{
     buf::BufList,
     error::{internal_error::InternalConnectionError, Code},
@@ -324,6 +327,8 @@ where
                 Err(StreamErrorIncoming::StreamTerminated { error_code }) => {
                     Some(StreamEnd::Reset(error_code))
                 }
+                // fnroute patch: `err` is only logged with the `tracing` feature, off in fnroute.
+                #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
                 Err(StreamErrorIncoming::Unknown(err)) => {
                     #[cfg(feature = "tracing")]
                     tracing::error!("Unknown error when reading stream {}", err);
@@ -383,6 +388,8 @@ where
 
 enum StreamEnd {
     EndOfStream,
+    // fnroute patch: upstream never reads the error code (dead_code).
+    #[allow(dead_code)]
     Reset(u64),
     // if the quic layer returns an unknown error
     Other,

@@ -258,10 +258,16 @@ impl DynamicTable {
         DynamicTable::default()
     }
 
+    // fnroute patch: the return type hides the lifetime of `&self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     pub fn decoder(&self, base: usize) -> DynamicTableDecoder {
         DynamicTableDecoder { table: self, base }
     }
 
+    // fnroute patch: the return type hides the lifetime of `&mut self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     pub fn encoder(&mut self, stream_id: u64) -> DynamicTableEncoder {
         for (idx, field) in self.fields.iter().enumerate() {
             self.name_map

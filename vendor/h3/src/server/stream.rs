@@ -27,7 +27,9 @@ use http::{response, HeaderMap, Response};
 use quic::StreamId;
 
 use crate::{
-    proto::{frame::Frame, headers::Header},
+    // fnroute patch: `headers::Header` dropped, unused since `send_response` encodes
+    // the borrowed header map (`qpack::encode_response_stateless`).
+    proto::frame::Frame,
     qpack,
     quic::SendStream as _,
     stream::{self},

@@ -312,10 +312,16 @@ impl<'a> Iterator for DecodeIter<'a> {
 }
 
 pub trait HpackStringDecode {
+    // fnroute patch: the return type hides the lifetime of `&self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     fn hpack_decode(&self) -> DecodeIter;
 }
 
 impl HpackStringDecode for Vec<u8> {
+    // fnroute patch: the return type hides the lifetime of `&self` (rustc >= 1.89
+    // warns); unknown_lints as rustc 1.88, fnroute's rust-version, lacks this lint.
+    #[allow(unknown_lints, mismatched_lifetime_syntaxes)]
     fn hpack_decode(&self) -> DecodeIter {
         DecodeIter {
             bit_pos: BitWindow::new(),

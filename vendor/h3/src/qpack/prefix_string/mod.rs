@@ -12,7 +12,9 @@ pub use self::bitwin::BitWindow;
 
 pub use self::{
     decode::{Error as HuffmanDecodingError, HpackStringDecode},
-    encode::{Error as HuffmanEncodingError, HpackStringEncode},
+    // fnroute patch: `HpackStringEncode` no longer re-exported, unused since `encode`
+    // writes raw literals (its own tests in encode.rs still use it).
+    encode::Error as HuffmanEncodingError,
 };
 
 use crate::qpack::prefix_int::{self, Error as IntegerError};
