@@ -62,7 +62,13 @@ HZ=$(getconf CLK_TCK) NCPU=$(nproc)
 pids=(); declare -A url pid_of
 SYSCTL_SAVED=()   # "path=value" to write back
 restore_sysctls() { local kv; for kv in "${SYSCTL_SAVED[@]}"; do echo "${kv#*=}" >"${kv%%=*}" 2>/dev/null; done; SYSCTL_SAVED=(); }
-cleanup() { (( ${#pids[@]} )) && kill "${pids[@]}" 2>/dev/null; restore_sysctls; }
+cleanup() { # SIGTERM, then wait for the graceful shutdown (at most 5 s) so the ports are free when we return
+  local p
+  restore_sysctls
+  (( ${#pids[@]} )) || return 0
+  kill "${pids[@]}" 2>/dev/null
+  for p in "${pids[@]}"; do for _ in $(seq 50); do [[ -e /proc/$p ]] || break; sleep 0.1; done; [[ -e /proc/$p ]] && kill -9 "$p" 2>/dev/null; done
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -144,7 +150,7 @@ RES=$STATE/rounds.tsv
 : >"$RES"
 printf '%-5s %-3s %-8s %9s %8s %-14s %7s %9s %9s %6s %7s %7s\n' round pos server req/s p50_us status lg_cpu% sock_drop host_drop load1 other% steal%
 for r in $(seq "$ROUNDS"); do
-  order=$names; (( r % 2 == 0 )) && order=$(echo $names | tr ' ' '\n' | tac | tr '\n' ' ')
+  order=$names; (( r % 2 == 0 )) && order=$(echo $names | tr ' ' '\n' | tac | paste -sd' ')
   load_r=$(cut -d' ' -f1 /proc/loadavg); pos=0; others_r=0
   for n in $order; do
     pos=$((pos + 1)); p=port_$n
@@ -168,7 +174,7 @@ for r in $(seq "$ROUNDS"); do
   done
   # round line: the paired ratios
   awk -F'\t' -v r="$r" -v order="$order" -v load="$load_r" '$1 == r {rps[$2] = $3; o += $4; if ($4 > om) om = $4; s += $5}
-    END {printf "round %s: order %s| load1 %s | other max %d%% of a core, steal sum %d%% |", r, order, load, om, s;
+    END {printf "round %s: order %s | load1 %s | other max %d%% of a core, steal sum %d%% |", r, order, load, om, s;
          for (n in rps) if (n != "echo") printf " %s/echo = %.1f%%", n, 100 * rps[n] / rps["echo"]; print ""}' "$RES"
 done
 
