@@ -12,8 +12,8 @@ fi
 # The example functions need python3; a venv needs ensurepip (Debian's
 # python3-venv).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    apt-get update
-    apt-get install -y python3 python3-venv
+    apt-get -o DPkg::Lock::Timeout=600 update
+    apt-get -o DPkg::Lock::Timeout=600 install -y python3 python3-venv
 fi
 rm -rf "$VENV"
 python3 -m venv "$VENV"
