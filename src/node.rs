@@ -53,6 +53,17 @@ impl EdgeContext {
     /// The state of one edge: a fresh static view and started executor
     /// pools (call inside a tokio runtime).
     pub fn new(topology: Arc<Topology>, geo: Arc<GeoDb>, edge: EdgeId) -> anyhow::Result<Self> {
+        Self::tracked(topology, geo, edge, TaskTracker::new())
+    }
+
+    /// Like [`EdgeContext::new`], with the response cache's background
+    /// refreshes spawned on `tasks` (a `Fleet` waits for them on shutdown).
+    pub(crate) fn tracked(
+        topology: Arc<Topology>,
+        geo: Arc<GeoDb>,
+        edge: EdgeId,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Self> {
         let view = Arc::new(LiveView::new(topology.clone()));
         let dispatch = match &topology.mesh {
             Some(m) => {
@@ -77,8 +88,9 @@ impl EdgeContext {
             ))),
             dns_cell: Arc::new(std::sync::OnceLock::new()),
             reloader: Arc::new(std::sync::OnceLock::new()),
-            cache: crate::frontdoor::cached::ResponseCache::new(
+            cache: crate::frontdoor::cached::ResponseCache::with_tracker(
                 topology.edges.get(edge).map_or(64 << 20, |e| e.cache_bytes),
+                tasks,
             ),
             geo,
         })
@@ -124,87 +136,141 @@ pub struct Fleet {
     admin_tasks: TaskTracker,
 }
 
+/// One edge's state and bound listeners, nothing running yet.
+struct BoundEdge {
+    cx: EdgeContext,
+    admin: crate::admin::AdminServer,
+    admin_addr: SocketAddr,
+    dns: crate::dns::BoundDns,
+    frontdoor: crate::frontdoor::FrontDoor,
+}
+
+impl BoundEdge {
+    /// Makes `edge`'s state (starting its executors, whose background
+    /// work, cache refreshes included, `tasks` tracks) and binds its
+    /// listeners. On error the executors started here are stopped and
+    /// whatever was bound is dropped (closed).
+    async fn bind(
+        topology: &Arc<Topology>,
+        geo: &Arc<GeoDb>,
+        edge: EdgeId,
+        reloader: &Arc<std::sync::OnceLock<std::sync::Weak<Reloader>>>,
+        tasks: &TaskTracker,
+    ) -> anyhow::Result<Self> {
+        let mut cx = EdgeContext::tracked(topology.clone(), geo.clone(), edge, tasks.clone())?;
+        cx.reloader = reloader.clone();
+        match Self::listen(cx.clone()).await {
+            Ok((admin, admin_addr, dns, frontdoor)) => Ok(Self {
+                cx,
+                admin,
+                admin_addr,
+                dns,
+                frontdoor,
+            }),
+            Err(e) => {
+                cx.exec.drain(Duration::ZERO).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn listen(
+        cx: EdgeContext,
+    ) -> anyhow::Result<(
+        crate::admin::AdminServer,
+        SocketAddr,
+        crate::dns::BoundDns,
+        crate::frontdoor::FrontDoor,
+    )> {
+        let name = cx.name();
+        let admin =
+            crate::admin::AdminServer::bind(cx.clone(), crate::admin::AdminLimits::default(), None)
+                .await?;
+        let admin_addr = admin.local_addr().context("admin listener address")?;
+        let dns = crate::dns::bind(&cx)
+            .await
+            .with_context(|| format!("starting the DNS front door of edge {name}"))?;
+        let frontdoor = crate::frontdoor::FrontDoor::bind(cx)
+            .with_context(|| format!("edge {name}: http/3 front door"))?;
+        Ok((admin, admin_addr, dns, frontdoor))
+    }
+}
+
 impl Fleet {
     /// Opens the geo database and starts every listener of `edges`.
+    ///
+    /// Start is total: every edge's state is made and every listener bound
+    /// first, with nothing running yet; only then are the tasks spawned,
+    /// all under the fleet's tokens and trackers. An error on the way
+    /// (a port in use, a bad certificate) stops the executors already
+    /// started and drops every bound socket before it is returned, so a
+    /// failed start leaves nothing behind.
     pub async fn start(topology: Arc<Topology>, edges: &[EdgeId]) -> anyhow::Result<Self> {
         let geo = Arc::new(
             GeoDb::open(&topology.geo_db, topology.default_location)
                 .with_context(|| format!("opening geo database {}", topology.geo_db.display()))?,
         );
-        let token = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
         let reloader = Arc::new(Reloader::new(topology.source.clone(), geo.clone()));
         let weak = Arc::new(std::sync::OnceLock::new());
         let _ = weak.set(Arc::downgrade(&reloader));
+        let mut bound: Vec<BoundEdge> = Vec::with_capacity(edges.len());
+        for &edge in edges {
+            match BoundEdge::bind(&topology, &geo, edge, &weak, &tasks).await {
+                Ok(b) => bound.push(b),
+                Err(e) => {
+                    for b in &bound {
+                        b.cx.exec.drain(Duration::ZERO).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        // Everything is bound: from here on nothing fails.
+        let token = CancellationToken::new();
+        let admin_token = CancellationToken::new();
+        let admin_tasks = TaskTracker::new();
+        tasks.spawn(geo.clone().watch(GEO_POLL, token.child_token()));
         tasks.spawn(crate::admin::metrics_upkeep(
             Duration::from_secs(5),
             token.child_token(),
         ));
-        let admin_token = CancellationToken::new();
-        let admin_tasks = TaskTracker::new();
         let mut admin = Vec::new();
         let mut contexts = Vec::new();
         let mut quic_addrs = Vec::new();
         let mut dns_addrs = Vec::new();
-        for &edge in edges {
-            let mut cx = EdgeContext::new(topology.clone(), geo.clone(), edge)?;
-            cx.reloader = weak.clone();
-            let info = topology
-                .edges
-                .get(edge)
-                .context("edge index out of range")?;
-            let bound = crate::admin::AdminServer::bind(
-                cx.clone(),
-                crate::admin::AdminLimits::default(),
-                None,
-            )
-            .await;
-            let server = match bound {
-                Ok(s) => s,
-                Err(e) => {
-                    // Stop what already started before reporting.
-                    token.cancel();
-                    admin_token.cancel();
-                    return Err(e.into());
-                }
-            };
-            let admin_addr = server.local_addr().context("admin listener address")?;
-            admin_tasks.spawn(server.run(admin_token.clone()));
-            admin.push(admin_addr);
+        for b in bound {
             let hosted: Vec<&str> = topology
                 .functions
                 .iter()
-                .filter(|f| f.hosted_on(edge))
+                .filter(|f| f.hosted_on(b.cx.edge))
                 .map(|f| f.name.as_str())
                 .collect();
             tracing::info!(
-                edge = %info.name,
-                dns = %info.dns_listen,
-                quic = %info.quic_listen,
-                admin = %admin_addr,
+                edge = %b.cx.name(),
+                dns = %b.dns.local_addr(),
+                quic = %b.frontdoor.local_addr(),
+                admin = %b.admin_addr,
                 functions = ?hosted,
                 "edge started"
             );
-            let dns = crate::dns::bind(&cx)
-                .await
-                .with_context(|| format!("starting the DNS front door of edge {}", info.name))?;
-            dns_addrs.push(dns.local_addr());
-            tasks.spawn(dns.serve(token.child_token()));
-            let frontdoor = crate::frontdoor::FrontDoor::bind(cx.clone())
-                .with_context(|| format!("edge {}: http/3 front door", info.name))?;
-            quic_addrs.push(frontdoor.local_addr());
-            tasks.spawn(frontdoor.serve(token.child_token()));
-            if let Some(d) = &cx.dispatch {
+            admin.push(b.admin_addr);
+            dns_addrs.push(b.dns.local_addr());
+            quic_addrs.push(b.frontdoor.local_addr());
+            admin_tasks.spawn(b.admin.run(admin_token.clone()));
+            tasks.spawn(b.dns.serve(token.child_token()));
+            tasks.spawn(b.frontdoor.serve(token.child_token()));
+            if let Some(d) = &b.cx.dispatch {
                 use crate::mesh::ViewSource;
                 let prober = Arc::new(crate::mesh::probe::Prober::new(
                     d.mesh.clone(),
-                    cx.exec.clone(),
+                    b.cx.exec.clone(),
                     topology.edges.len(),
                 ));
-                tasks.spawn(prober.run(cx.view.clone(), token.child_token()));
+                tasks.spawn(prober.run(b.cx.view.clone(), token.child_token()));
             }
-            contexts.push(cx);
+            contexts.push(b.cx);
         }
         let _ = reloader.contexts.set(contexts.clone());
         tasks.spawn(reload_on_sighup(reloader.clone(), token.child_token()));

@@ -1128,6 +1128,96 @@ async fn an_admin_address_in_use_fails_start_naming_it() {
     assert!(err.contains("admin listener"), "{err}");
 }
 
+/// A start that fails on the last edge leaves nothing of the others:
+/// their listeners are closed (the ports bind again) and their warm
+/// workers are stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_nothing_running() {
+    // fra's listeners on ports we know (free now), sin's QUIC port taken.
+    let free_tcp = |ip: &str| {
+        std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let fra_dns = free_tcp("127.0.0.11");
+    let fra_admin = free_tcp("127.0.0.11");
+    let taken = std::net::UdpSocket::bind("127.0.0.13:0").unwrap();
+    let sin_quic = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("worker.pid");
+    let warm = format!(
+        "[[function]]\nname = \"warm\"\nedges = [\"fra\"]\n\
+         executor = {{ kind = \"lambda\", command = [\"sh\", \"-c\", \"echo $$ > {}; exec python3 functions/echo.py\"] }}\n\
+         concurrency = {{ min = 1, max = 1 }}\n",
+        pid_file.display()
+    );
+    let path = three_edges(dir.path(), "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen(
+            "dns_listen = \"127.0.0.11:0\"",
+            &format!("dns_listen = \"{fra_dns}\""),
+            1,
+        )
+        .replacen(
+            "admin_listen = \"127.0.0.11:0\"",
+            &format!("admin_listen = \"{fra_admin}\""),
+            1,
+        )
+        .replacen(
+            "quic_listen = \"127.0.0.13:0\"",
+            &format!("quic_listen = \"{sin_quic}\""),
+            1,
+        )
+        + &warm;
+    std::fs::write(&path, text).unwrap();
+    let topo = fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let err = match Fleet::start(Arc::new(topo), &[0, 1, 2]).await {
+        Ok(_) => panic!("started although {sin_quic} is taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("sin"), "{err}");
+    // fra's DNS (UDP and TCP) and admin ports are free again.
+    for _ in 0..50 {
+        let freed = std::net::UdpSocket::bind(fra_dns).is_ok()
+            && std::net::TcpListener::bind(fra_dns).is_ok()
+            && std::net::TcpListener::bind(fra_admin).is_ok();
+        if freed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        std::net::UdpSocket::bind(fra_dns).is_ok(),
+        "fra's DNS UDP socket is still bound"
+    );
+    assert!(
+        std::net::TcpListener::bind(fra_dns).is_ok(),
+        "fra's DNS TCP listener is still bound"
+    );
+    assert!(
+        std::net::TcpListener::bind(fra_admin).is_ok(),
+        "fra's admin listener is still bound"
+    );
+    // A warm worker that had started is stopped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let pid = pid.trim().to_string();
+        let mut gone = false;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting to be reaped.
+            if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "fra's warm worker {pid} outlived the failed start");
+    }
+}
+
 struct KillOnDrop(Option<std::process::Child>);
 
 impl KillOnDrop {
