@@ -972,57 +972,138 @@ fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> b
 }
 
 async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_string();
-    match policy::route(req.method(), &path) {
-        Route::Next => pool.next(worker).await,
-        Route::Response(rid) => {
-            let content_type = req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            match read_body(req, MAX_RESULT_BYTES).await {
-                Ok(body) => status(pool.respond(worker, rid, Ok(Reply { body, content_type }))),
-                Err(BodyError::TooLarge) => {
-                    let error = ExecError::Function {
-                        error_type: "Function.ResponseSizeTooLarge".to_string(),
-                        message: format!("response is larger than {MAX_RESULT_BYTES} bytes"),
-                    };
-                    pool.respond(worker, rid, Err(error));
-                    plain(StatusCode::PAYLOAD_TOO_LARGE, "response too large")
-                }
-                Err(BodyError::Read) => plain(StatusCode::BAD_REQUEST, "cannot read body"),
-            }
+    let (head, body) = req.into_parts();
+    let path = head.uri.path();
+    // How much body the request may carry: none is read for `next` and
+    // unknown paths.
+    let limit = match policy::route(&head.method, path) {
+        Route::Next | Route::Unknown => None,
+        Route::Response(_) => Some(MAX_RESULT_BYTES),
+        Route::Error(_) | Route::InitError => Some(MAX_ERROR_BYTES),
+    };
+    let body = match limit {
+        None => Bytes::new(),
+        Some(limit) => match read_body(body, limit).await {
+            Ok(body) => body,
+            Err(e) => return body_failed(pool, worker, &head.method, path, e),
+        },
+    };
+    match parse_runtime_request(&head.method, path, &head.headers, &body) {
+        RuntimeRequest::Next => pool.next(worker).await,
+        RuntimeRequest::Response {
+            request_id,
+            content_type,
+        } => {
+            let content_type = content_type.map(str::to_string);
+            status(pool.respond(worker, request_id, Ok(Reply { body, content_type })))
         }
-        Route::Error(rid) => {
-            let header = error_type_header(&req);
-            match read_body(req, MAX_ERROR_BYTES).await {
-                Ok(body) => {
-                    let (error_type, message) = parse_error(&body, header);
-                    status(pool.respond(
-                        worker,
-                        rid,
-                        Err(ExecError::Function {
-                            error_type,
-                            message,
-                        }),
-                    ))
-                }
-                Err(_) => plain(StatusCode::BAD_REQUEST, "cannot read error body"),
+        RuntimeRequest::Error {
+            request_id,
+            error_type,
+            message,
+        } => status(pool.respond(
+            worker,
+            request_id,
+            Err(ExecError::Function {
+                error_type,
+                message,
+            }),
+        )),
+        RuntimeRequest::InitError {
+            error_type,
+            message,
+        } => {
+            pool.init_error(worker, error_type, message);
+            status(StatusCode::ACCEPTED)
+        }
+        RuntimeRequest::Unknown => plain(StatusCode::NOT_FOUND, "unknown runtime api path"),
+    }
+}
+
+/// The body of a request could not be read (or was over its limit): a
+/// result that is too large fails the invocation.
+fn body_failed(
+    pool: &LambdaPool,
+    worker: u64,
+    method: &http::Method,
+    path: &str,
+    e: BodyError,
+) -> Response<Full<Bytes>> {
+    match (policy::route(method, path), e) {
+        (Route::Response(rid), BodyError::TooLarge) => {
+            let error = ExecError::Function {
+                error_type: "Function.ResponseSizeTooLarge".to_string(),
+                message: format!("response is larger than {MAX_RESULT_BYTES} bytes"),
+            };
+            pool.respond(worker, rid, Err(error));
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "response too large")
+        }
+        (Route::Response(_), BodyError::Read) => plain(StatusCode::BAD_REQUEST, "cannot read body"),
+        _ => plain(StatusCode::BAD_REQUEST, "cannot read error body"),
+    }
+}
+
+/// A worker's request to the Runtime API (2018-06-01), parsed without I/O
+/// by [`parse_runtime_request`]; the server acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeRequest<'a> {
+    /// `GET …/invocation/next`: the worker waits for an invocation.
+    Next,
+    /// `POST …/invocation/{request_id}/response`: the body is the result,
+    /// passed on as sent.
+    Response {
+        request_id: &'a str,
+        content_type: Option<&'a str>,
+    },
+    /// `POST …/invocation/{request_id}/error`: the function failed.
+    Error {
+        request_id: &'a str,
+        error_type: String,
+        message: String,
+    },
+    /// `POST …/init/error`: the worker could not initialise.
+    InitError { error_type: String, message: String },
+    /// Any other method or path (404).
+    Unknown,
+}
+
+/// Parses what a worker sent: method and path (the route), the headers the
+/// route reads (`content-type` of a result,
+/// `lambda-runtime-function-error-type` of an error) and the body of an
+/// error report (`{errorType, errorMessage}`, leniently: anything else
+/// is the message). Never fails: anything unrecognised is `Unknown`. The
+/// caller reads the body first, at most [`MAX_RESULT_BYTES`] for a
+/// result and 256 KiB for an error report.
+pub fn parse_runtime_request<'a>(
+    method: &http::Method,
+    path: &'a str,
+    headers: &'a http::HeaderMap,
+    body: &[u8],
+) -> RuntimeRequest<'a> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let error_type = || header("lambda-runtime-function-error-type").map(str::to_string);
+    match policy::route(method, path) {
+        Route::Next => RuntimeRequest::Next,
+        Route::Response(request_id) => RuntimeRequest::Response {
+            request_id,
+            content_type: header(http::header::CONTENT_TYPE.as_str()),
+        },
+        Route::Error(request_id) => {
+            let (error_type, message) = parse_error(body, error_type());
+            RuntimeRequest::Error {
+                request_id,
+                error_type,
+                message,
             }
         }
         Route::InitError => {
-            let header = error_type_header(&req);
-            match read_body(req, MAX_ERROR_BYTES).await {
-                Ok(body) => {
-                    let (error_type, message) = parse_error(&body, header);
-                    pool.init_error(worker, error_type, message);
-                    status(StatusCode::ACCEPTED)
-                }
-                Err(_) => plain(StatusCode::BAD_REQUEST, "cannot read error body"),
+            let (error_type, message) = parse_error(body, error_type());
+            RuntimeRequest::InitError {
+                error_type,
+                message,
             }
         }
-        Route::Unknown => plain(StatusCode::NOT_FOUND, "unknown runtime api path"),
+        Route::Unknown => RuntimeRequest::Unknown,
     }
 }
 
@@ -1031,19 +1112,12 @@ enum BodyError {
     Read,
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(req.into_body(), limit).collect().await {
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
         Err(_) => Err(BodyError::Read),
     }
-}
-
-fn error_type_header(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 /// `{errorType, errorMessage, stackTrace}` from a worker; lenient, since
@@ -1101,6 +1175,52 @@ fn plain(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_requests() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "text/plain".parse().unwrap());
+        h.insert(
+            "lambda-runtime-function-error-type",
+            "Runtime.X".parse().unwrap(),
+        );
+        let (g, p) = (http::Method::GET, http::Method::POST);
+        let parse = |m, path, body: &[u8]| parse_runtime_request(m, path, &h, body);
+        assert_eq!(
+            parse(&g, "/2018-06-01/runtime/invocation/next", b""),
+            RuntimeRequest::Next
+        );
+        assert_eq!(
+            parse(&p, "/2018-06-01/runtime/invocation/r1/response", b"x"),
+            RuntimeRequest::Response {
+                request_id: "r1",
+                content_type: Some("text/plain")
+            }
+        );
+        assert_eq!(
+            parse(&p, "/2018-06-01/runtime/invocation/r1/error", b"oops"),
+            RuntimeRequest::Error {
+                request_id: "r1",
+                error_type: "Runtime.X".into(),
+                message: "oops".into()
+            }
+        );
+        assert_eq!(
+            parse(
+                &p,
+                "/2018-06-01/runtime/init/error",
+                br#"{"errorType":"ImportError","errorMessage":"no module"}"#
+            ),
+            RuntimeRequest::InitError {
+                error_type: "ImportError".into(),
+                message: "no module".into()
+            }
+        );
+        assert_eq!(
+            parse(&g, "/2018-06-01/runtime/init/error", b""),
+            RuntimeRequest::Unknown
+        );
+    }
 
     #[test]
     fn error_bodies() {

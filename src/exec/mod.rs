@@ -28,6 +28,8 @@ mod peer;
 mod policy;
 mod process;
 
+pub use lambda::{parse_runtime_request, RuntimeRequest};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
