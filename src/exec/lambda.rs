@@ -1121,7 +1121,8 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
 }
 
 /// `{errorType, errorMessage, stackTrace}` from a worker; lenient, since
-/// runtimes differ: the body's type wins over the header's.
+/// runtimes differ: the body's type wins over the header's, and an empty
+/// type counts as none.
 fn parse_error(body: &[u8], header: Option<String>) -> (String, String) {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
@@ -1135,7 +1136,7 @@ fn parse_error(body: &[u8], header: Option<String>) -> (String, String) {
         .as_ref()
         .and_then(|b| b.error_type.clone())
         .filter(|t| !t.is_empty())
-        .or(header)
+        .or(header.filter(|t| !t.is_empty()))
         .unwrap_or_else(|| "Unhandled".to_string());
     let mut message = parsed
         .and_then(|b| b.error_message)
@@ -1232,6 +1233,11 @@ mod tests {
         let (t, m) = parse_error(b"not json", Some("Runtime.Oops".into()));
         assert_eq!((t.as_str(), m.as_str()), ("Runtime.Oops", "not json"));
         let (t, _) = parse_error(b"{}", None);
+        assert_eq!(t, "Unhandled");
+        // An empty type header is no type (found by fuzz/runtime_api).
+        let (t, m) = parse_error(b"boom", Some(String::new()));
+        assert_eq!((t.as_str(), m.as_str()), ("Unhandled", "boom"));
+        let (t, _) = parse_error(br#"{"errorType":""}"#, Some(String::new()));
         assert_eq!(t, "Unhandled");
         let long = format!(
             r#"{{"errorType":"X","errorMessage":"{}"}}"#,
