@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use fnroute::frontdoor::client::{Client, Trust};
+use fnroute::mesh::transport::{Client, Trust};
 use fnroute::node::Fleet;
 
 fn bench(c: &mut Criterion) {

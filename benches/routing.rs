@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use fnroute::config::Topology;
-use fnroute::frontdoor::client::{Client, Connection, Request, Trust};
+use fnroute::mesh::transport::{Client, Connection, Request, Trust};
 use fnroute::node::Fleet;
 
 const DOC: &str = r#"{"text": "hello  world", "edits": [{"find": "world", "replace": "edge"}]}"#;

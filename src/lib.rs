@@ -19,3 +19,4 @@ pub mod node;
 pub mod placement;
 pub mod route;
 pub mod shutdown;
+pub mod tls;

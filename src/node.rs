@@ -136,6 +136,27 @@ pub struct Fleet {
     admin_tasks: TaskTracker,
 }
 
+impl crate::mesh::LocalLoad for Executors {
+    fn is_draining(&self) -> bool {
+        Executors::is_draining(self)
+    }
+    fn load(&self) -> f64 {
+        Executors::load(self)
+    }
+    fn functions(&self) -> Vec<crate::mesh::FunctionLoad> {
+        self.stats()
+            .into_iter()
+            .map(|s| crate::mesh::FunctionLoad {
+                capacity: self.function(&s.function).map_or(0, |f| f.concurrency_max),
+                in_flight: s.busy + s.starting,
+                queued: s.queued,
+                latency_ms: None,
+                function: s.function,
+            })
+            .collect()
+    }
+}
+
 /// One edge's state and bound listeners, nothing running yet.
 struct BoundEdge {
     cx: EdgeContext,

@@ -16,7 +16,8 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use key::{function_version, CacheKey};
+pub use crate::config::function_version;
+pub use key::CacheKey;
 pub use policy::{
     command_directive, command_directive_line, lambda_directive, lambda_directive_value, Directive,
     Freshness, Lifetime, COMMAND_DIRECTIVE_PREFIX,

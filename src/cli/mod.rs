@@ -230,7 +230,7 @@ fn cert_dev(config: &Path, out: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    match crate::mesh::pki::generate_dev(&topo, &out) {
+    match crate::tls::pki::generate_dev(&topo, &out) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());
@@ -690,16 +690,16 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
         .unwrap_or_default();
     let zone = zone.trim_end_matches('.').to_ascii_lowercase();
     let trust = if args.insecure {
-        crate::frontdoor::client::Trust::Insecure
+        crate::mesh::transport::Trust::Insecure
     } else if let Some(ca) = &args.ca {
-        crate::frontdoor::client::Trust::Ca(ca.clone())
+        crate::mesh::transport::Trust::Ca(ca.clone())
     } else {
         let t = topo.as_ref().map(|t| match &t.tls {
             Some(tls) => tls.cert.clone(),
-            None => t.state_dir.join(crate::frontdoor::tls::DEV_CERT),
+            None => t.state_dir.join(crate::tls::DEV_CERT),
         });
         match t {
-            Some(p) if p.is_file() => crate::frontdoor::client::Trust::Ca(p),
+            Some(p) if p.is_file() => crate::mesh::transport::Trust::Ca(p),
             _ => {
                 eprintln!("fnroute: no certificate to trust: give --ca FILE (e.g. state/dev-cert.pem) or --insecure");
                 return ExitCode::from(EX_USAGE);
@@ -746,7 +746,7 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
         format!("{name}.{zone}")
     };
     let result = runtime.block_on(async {
-        use crate::frontdoor::client::{self, Client, Request};
+        use crate::mesh::transport::{self as client, Client, Request};
         let addr: std::net::SocketAddr = match &args.resolve {
             Some(server) => {
                 let server: std::net::SocketAddr = server

@@ -11,13 +11,17 @@
 mod model;
 mod raw;
 pub mod reload;
+mod routes;
 mod validate;
+mod version;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub use routes::static_cycle;
 pub(crate) use validate::is_dns_label;
+pub use version::function_version;
 
 /// The embedded default topology, relative to the crate root.
 pub const DEFAULT_TOPOLOGY: &str = "edge-config/local.toml";

@@ -190,7 +190,7 @@ pub struct Function {
     pub idempotent: bool,
     /// Output is a routing envelope (`{"push": [...], "event": ...}`).
     pub gatekeeper: bool,
-    /// `cache::function_version` of this definition, computed once when
+    /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.
     pub cache_version: u64,

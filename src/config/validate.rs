@@ -443,7 +443,7 @@ fn check_routing(
     // never finish.
     for sr in &raw.route {
         let name = sr.get_ref().name.get_ref().to_ascii_lowercase();
-        if let Some(cycle) = crate::route::static_cycle(&routes, &name) {
+        if let Some(cycle) = super::static_cycle(&routes, &name) {
             cx.err(
                 Some(sr.get_ref().name.span()),
                 format!("route.{name}.steps"),
@@ -1008,7 +1008,7 @@ fn check_functions(
             gatekeeper: f.gatekeeper,
             cache_version: 0,
         };
-        function.cache_version = crate::cache::function_version(&function);
+        function.cache_version = super::function_version(&function);
         out.push(function);
     }
     out

@@ -1,15 +1,13 @@
 //! Where an invocation runs: locally, or on the best peer.
 //!
 //! The pure building blocks take `now` and do no I/O: peak-EWMA and
-//! power-of-two choices (`balance`), the retry budget (`budget`) and
-//! passive outlier ejection (`eject`). `Dispatcher` combines them with the
+//! power-of-two choices (`mesh::balance`), the retry budget (`budget`) and
+//! passive outlier ejection (`mesh::eject`; both kept per peer by the mesh). `Dispatcher` combines them with the
 //! live view and the mesh's pooled peer connections: candidate choice,
 //! forwarding with hop count and remaining deadline, retries of idempotent
 //! functions on another edge, and ejection of failing peers.
 
-pub mod balance;
 pub mod budget;
-pub mod eject;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +17,12 @@ use tokio::time::Instant;
 
 use crate::config::{EdgeId, Function};
 use crate::exec::Executors;
-use crate::frontdoor::client::{ClientError, Reply, Request};
+use crate::mesh::balance;
+use crate::mesh::eject::EjectionPolicy;
+use crate::mesh::transport::{ClientError, Reply, Request};
 use crate::mesh::{LiveView, Mesh};
 use crate::placement::{self, Class};
 use budget::RetryBudget;
-use eject::EjectionPolicy;
 
 /// Internal headers: honoured only from authenticated cluster peers and
 /// never taken from clients.

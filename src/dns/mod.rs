@@ -529,9 +529,9 @@ pub async fn bind_state(state: Arc<DnsState>) -> anyhow::Result<BoundDns> {
 /// Binds `doq_listen` and makes its TLS configuration (the front door's
 /// certificate, ALPN `doq`).
 async fn bind_doq(topology: &Topology, want: SocketAddr) -> anyhow::Result<Doq> {
-    let files = crate::frontdoor::tls::cert_files(topology)
+    let files = crate::tls::cert_files(topology)
         .with_context(|| format!("certificate for DNS over QUIC on {want}"))?;
-    let tls = crate::frontdoor::tls::doq_server_config(&files)
+    let tls = crate::tls::doq_server_config(&files)
         .with_context(|| format!("TLS for DNS over QUIC on {want}"))?;
     let socket = tokio::net::UdpSocket::bind(want)
         .await

@@ -12,12 +12,10 @@
 //! wait, then 503); network input never panics.
 
 pub mod cached;
-pub mod client;
 pub mod limits;
 pub mod problem;
 mod routed;
 mod server;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::EdgeContext;
 
+use crate::tls;
+pub use crate::tls::CertFiles;
 pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
-pub use tls::CertFiles;
 
 /// Response header naming the edge that handled the request.
 pub const EDGE_HEADER: &str = "fnroute-edge";
@@ -49,7 +48,7 @@ pub(crate) const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static
 pub enum FrontdoorError {
     /// Certificate or key missing, unreadable or invalid.
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     /// The UDP socket could not be created or bound.
     #[error("binding quic listener {addr}")]
     Bind {

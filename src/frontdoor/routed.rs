@@ -469,7 +469,7 @@ impl Run<'_> {
         &self,
         d: &Dispatcher,
         f: &Function,
-    ) -> Result<crate::frontdoor::client::Reply, Problem> {
+    ) -> Result<crate::mesh::transport::Reply, Problem> {
         d.forward(f, self.forward_for(f, None))
             .await
             .map_err(|e| self.dispatch_problem(&f.name, e))
@@ -477,7 +477,7 @@ impl Run<'_> {
 
     /// Relays a later edge's reply: its status, body and headers, with
     /// this edge's path in front of the path it reports.
-    fn relay(&self, reply: crate::frontdoor::client::Reply) -> Result<Reply, Problem> {
+    fn relay(&self, reply: crate::mesh::transport::Reply) -> Result<Reply, Problem> {
         let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
         let path = route::join_path(&self.path, reply.header(PATH_HEADER));

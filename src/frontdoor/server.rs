@@ -16,11 +16,11 @@ use tracing::Instrument;
 
 use super::limits::{self, Admit, Route};
 use super::problem::{Problem, ProblemKind};
-use super::tls::{self, CertFiles};
 use super::{FrontdoorError, EDGE_HEADER};
 use crate::cache::{CacheKey, CacheStatus};
 use crate::config::QuicSettings;
 use crate::exec::Invocation;
+use crate::tls::{self, CertFiles};
 
 use super::cached::CachedReply;
 use crate::node::EdgeContext;
@@ -68,7 +68,7 @@ pub(crate) fn bind(
     let cluster = cx.dispatch.as_ref().map(|d| &d.mesh.cluster);
     let tls = tls::server_config_with(cert, settings.enable_0rtt, cluster)?;
     let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+        .map_err(|e| FrontdoorError::Tls(tls::TlsError::new(e.to_string())))?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(settings.max_streams_per_connection.into())
@@ -854,7 +854,7 @@ fn health(
             format!("method {} is not allowed; use GET", req.method()),
         ));
     }
-    let report = d.mesh.report(&shared.cx.exec, &shared.cx.view);
+    let report = d.mesh.report(shared.cx.exec.as_ref(), &shared.cx.view);
     let body = Bytes::from(
         serde_json::to_vec(&report)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?,

@@ -8,6 +8,10 @@
 //! `probe::Prober` (a `ViewSource`) probes every peer's `GET /health` and
 //! publishes a new generation when something changed.
 
+/// Peer latency (peak EWMA) and the power-of-two-choices pick.
+pub mod balance;
+/// Outlier detection and ejection of failing peers.
+pub mod eject;
 pub mod health;
 
 use std::sync::Arc;
@@ -51,8 +55,9 @@ impl LiveView {
     }
 }
 
-pub mod pki;
 pub mod probe;
+/// The HTTP/3 client edges use to reach each other (and `fnroute invoke`).
+pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,12 +69,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EdgeId, MeshSettings};
-use crate::dispatch::balance::{PeakEwma, DEFAULT_DECAY};
-use crate::dispatch::eject::Outlier;
-use crate::exec::Executors;
-use crate::frontdoor::client::{Client, ClientError, Connection};
 use crate::placement::EdgeState;
+use crate::tls::pki;
+use balance::{PeakEwma, DEFAULT_DECAY};
+use eject::Outlier;
 use health::{Hysteresis, PeerHealth};
+use transport::{Client, ClientError, Connection};
 
 /// Where the live view's peer state comes from. Today: all-pairs active
 /// probing (`probe::Prober`); at hundreds of edges, a gossip source
@@ -178,6 +183,19 @@ fn new_peer(e: &crate::config::Edge) -> Peer {
 
 /// Initial RTT estimate of a peer before any probe (linkerd's default).
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// What an edge says about its own load in health answers. The executors
+/// implement it (in `node`, which sees both layers): the mesh reports the
+/// numbers without depending on the layer above it.
+pub trait LocalLoad: Send + Sync {
+    /// Shutting down: peers should stop sending work.
+    fn is_draining(&self) -> bool;
+    /// In-flight invocations over capacity (0.0 idle, 1.0 full).
+    fn load(&self) -> f64;
+    /// Each function's use of its pool, `latency_ms` left `None` (the mesh
+    /// fills it in from what it recorded).
+    fn functions(&self) -> Vec<FunctionLoad>;
+}
 
 impl Mesh {
     /// Loads the cluster material and binds the mesh client on the edge's
@@ -361,12 +379,17 @@ impl Mesh {
     pub fn record_latency(&self, function: &str, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         let mut m = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let e = m.entry(function.to_string()).or_insert(ms);
-        *e = *e * 0.8 + ms * 0.2;
+        // Allocates only for a function's first call.
+        match m.get_mut(function) {
+            Some(e) => *e = *e * 0.8 + ms * 0.2,
+            None => {
+                m.insert(function.to_string(), ms);
+            }
+        }
     }
 
     /// This edge's health document.
-    pub fn report(&self, exec: &Executors, view: &LiveView) -> HealthReport {
+    pub fn report(&self, exec: &dyn LocalLoad, view: &LiveView) -> HealthReport {
         let latency = self
             .latency
             .lock()
@@ -374,23 +397,10 @@ impl Mesh {
             .clone();
         let draining =
             exec.is_draining() || view.load().edges.get(self.edge).is_some_and(|s| s.draining);
-        let functions = exec
-            .stats()
-            .into_iter()
-            .map(|s| {
-                let capacity = exec
-                    .function(&s.function)
-                    .map(|f| f.concurrency_max)
-                    .unwrap_or(0);
-                FunctionLoad {
-                    latency_ms: latency.get(&s.function).copied(),
-                    in_flight: s.busy + s.starting,
-                    queued: s.queued,
-                    capacity,
-                    function: s.function,
-                }
-            })
-            .collect();
+        let mut functions = exec.functions();
+        for f in &mut functions {
+            f.latency_ms = latency.get(&f.function).copied();
+        }
         HealthReport {
             edge: self.edge_name.clone(),
             draining,

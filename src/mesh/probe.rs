@@ -9,23 +9,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{HealthReport, LiveView, Mesh, ViewSource};
-use crate::exec::Executors;
-use crate::frontdoor::client::Request;
+use super::{HealthReport, LiveView, LocalLoad, Mesh, ViewSource};
+use crate::mesh::transport::Request;
 use crate::placement::EdgeState;
 
 /// All-pairs active probing (O(n²) over the fleet; see
 /// docs/ARCHITECTURE.md for the gossip source that replaces it at scale).
 pub struct Prober {
     mesh: Arc<Mesh>,
-    exec: Arc<Executors>,
+    exec: Arc<dyn LocalLoad>,
     /// What the last round observed per edge (starts as the static view:
     /// all up, idle).
     seen: Mutex<Vec<EdgeState>>,
 }
 
 impl Prober {
-    pub fn new(mesh: Arc<Mesh>, exec: Arc<Executors>, edges: usize) -> Self {
+    pub fn new(mesh: Arc<Mesh>, exec: Arc<dyn LocalLoad>, edges: usize) -> Self {
         Self {
             mesh,
             exec,

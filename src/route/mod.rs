@@ -10,8 +10,6 @@
 //! against `max_expansions`, every executed function against `max_steps`,
 //! and the stack may never hold more than `max_stack_depth` steps.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use crate::config::{is_dns_label, Function, RouteBounds, Topology};
@@ -287,38 +285,6 @@ pub fn retryable(topo: &Topology, stack: &Stack) -> bool {
     stack.steps().all(|s| all(topo, s, 0))
 }
 
-/// A cycle of static routes through `start` (`start -> a -> start`), if
-/// any: such a route would expand forever.
-pub fn static_cycle(routes: &BTreeMap<String, Vec<String>>, start: &str) -> Option<Vec<String>> {
-    fn dfs(
-        routes: &BTreeMap<String, Vec<String>>,
-        start: &str,
-        at: &str,
-        trail: &mut Vec<String>,
-    ) -> bool {
-        let Some(steps) = routes.get(at) else {
-            return false;
-        };
-        for s in steps {
-            if s == start {
-                trail.push(s.clone());
-                return true;
-            }
-            if trail.iter().any(|t| t == s) {
-                continue;
-            }
-            trail.push(s.clone());
-            if dfs(routes, start, s, trail) {
-                return true;
-            }
-            trail.pop();
-        }
-        false
-    }
-    let mut trail = vec![start.to_string()];
-    dfs(routes, start, start, &mut trail).then_some(trail)
-}
-
 /// One entry of the path: `step@edge`.
 pub fn path_entry(step: &str, edge: &str) -> String {
     format!("{step}@{edge}")
@@ -400,6 +366,8 @@ impl Trace {
         format!("{:032x}", self.trace_id)
     }
 }
+
+pub use crate::config::static_cycle;
 
 #[cfg(test)]
 mod tests;

@@ -392,8 +392,8 @@ async fn metrics_count_real_dns_queries_and_invocations() {
         .expect("upper runs on fra");
     assert_eq!(&out.body[..], b"METERED");
     // Through the front door: one local, one forwarded, one routed.
-    let client = fnroute::frontdoor::client::Client::new(
-        &fnroute::frontdoor::client::Trust::Insecure,
+    let client = fnroute::mesh::transport::Client::new(
+        &fnroute::mesh::transport::Trust::Insecure,
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
@@ -411,7 +411,7 @@ async fn metrics_count_real_dns_queries_and_invocations() {
         .await
         .unwrap();
     assert_eq!((r.status, r.header("fnroute-edge")), (200, Some("nyc")));
-    let mut req = fnroute::frontdoor::client::Request::invoke("x", bytes::Bytes::from_static(b"x"));
+    let mut req = fnroute::mesh::transport::Request::invoke("x", bytes::Bytes::from_static(b"x"));
     req.path = "/route".into();
     let r = conn
         .send(req.header("fnroute-route", "upper"))

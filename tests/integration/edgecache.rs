@@ -3,7 +3,7 @@
 //! a function that forbids caching of its response, purge.
 
 use bytes::Bytes;
-use fnroute::frontdoor::client::Request;
+use fnroute::mesh::transport::Request;
 
 use crate::harness::{start, Opts};
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnroute::frontdoor::client::Request;
+use fnroute::mesh::transport::Request;
 use tokio::time::Instant;
 
 use crate::harness::{start, Opts};
@@ -600,7 +600,7 @@ async fn fnroute_invoke_resolves_through_dns_with_the_https_port() {
     let edge = start(Opts::default()).await;
     let dns = fake_dns(edge.addr.port()).await;
 
-    let r = fnroute::frontdoor::client::resolve(dns, "upper.fn.test.", Duration::from_secs(2))
+    let r = fnroute::mesh::transport::resolve(dns, "upper.fn.test.", Duration::from_secs(2))
         .await
         .expect("resolve");
     assert_eq!(r.addr, edge.addr.ip());
@@ -677,8 +677,8 @@ async fn configured_certificate_is_used_instead_of_a_generated_one() {
         "no dev cert generated"
     );
 
-    let client = fnroute::frontdoor::client::Client::new(
-        &fnroute::frontdoor::client::Trust::Ca(cert),
+    let client = fnroute::mesh::transport::Client::new(
+        &fnroute::mesh::transport::Trust::Ca(cert),
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("client");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fnroute::config::Topology;
-use fnroute::frontdoor::client::{Client, Connection, Trust};
+use fnroute::mesh::transport::{Client, Connection, Trust};
 use fnroute::node::Fleet;
 
 /// Functions every test topology has (all on edge `fra` unless noted).

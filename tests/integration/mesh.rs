@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnroute::config::Topology;
-use fnroute::frontdoor::client::{resolve, Client, Request, Trust};
+use fnroute::mesh::transport::{resolve, Client, Request, Trust};
 use fnroute::node::Fleet;
 
 pub(crate) const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -411,7 +411,7 @@ async fn mtls_guards_health_and_internal_headers() {
     // Positive control: a cluster peer (nyc's certificate) reads /health
     // and its hop count is honoured.
     let mesh = t.mesh.as_ref().unwrap();
-    let cluster = fnroute::mesh::pki::Cluster::load(&t, mesh, 1).expect("cluster");
+    let cluster = fnroute::tls::pki::Cluster::load(&t, mesh, 1).expect("cluster");
     let peer = Client::with_config(
         cluster.client_config(Duration::from_secs(5)).unwrap(),
         "127.0.0.12:0".parse().unwrap(),
@@ -767,7 +767,7 @@ fn missing_cluster_certificates_are_config_errors() {
     let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
     let names: Vec<String> = t.edges.iter().map(|e| e.name.clone()).collect();
     assert_eq!(
-        fnroute::mesh::pki::peer_name(&der, &names).as_deref(),
+        fnroute::tls::pki::peer_name(&der, &names).as_deref(),
         Some("nyc")
     );
 }

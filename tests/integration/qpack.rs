@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use fnroute::frontdoor::client::{Client, Request, Trust};
+use fnroute::mesh::transport::{Client, Request, Trust};
 
 /// Values for header fields: every allowed byte alone, all of them in one
 /// value, a long run of one byte above 0x7f and pseudo-random mixes of

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnroute::frontdoor::client::resolve;
+use fnroute::mesh::transport::resolve;
 use fnroute::node::Fleet;
 
 use super::mesh::{client, ports, quic, write_topology, Ports, IPS};
@@ -123,7 +123,7 @@ async fn functions_change_live_without_dropping_work() {
     let r = sin.invoke("fresh", Bytes::from_static(b"")).await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     // The new static route.
-    let mut req = fnroute::frontdoor::client::Request::invoke("x", Bytes::from_static(b""));
+    let mut req = fnroute::mesh::transport::Request::invoke("x", Bytes::from_static(b""));
     req.path = "/route".into();
     let r = fra.send(req.header("fnroute-route", "both")).await.unwrap();
     assert_eq!(r.header("fnroute-path"), Some("change@fra, stay@fra"));
@@ -206,7 +206,7 @@ async fn edges_join_and_leave_live() {
     let all = d.join("all.toml");
     std::fs::write(&all, fleet_toml(d, &(fra.clone() + &nyc + &sin + &lon), "")).unwrap();
     let topo = fnroute::config::load_without_mesh_files(&all).unwrap_or_else(|e| panic!("{e}"));
-    fnroute::mesh::pki::generate_dev(&topo, &d.join("certs")).unwrap();
+    fnroute::tls::pki::generate_dev(&topo, &d.join("certs")).unwrap();
 
     let path = d.join("topology.toml");
     let cat = "executor = { kind = \"command\", command = [\"cat\"] }\n";

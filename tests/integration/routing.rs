@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fnroute::config::Topology;
-use fnroute::frontdoor::client::{Connection, Reply, Request};
+use fnroute::mesh::transport::{Connection, Reply, Request};
 use fnroute::node::Fleet;
 
 use super::mesh::{client, ports, quic, repo, rewrite_ports, start_procs, write_topology, Ports};

@@ -1,6 +1,8 @@
-//! TLS for the front door: the topology's PEM certificate and key, or a
-//! self-signed development certificate generated once into the state
-//! directory and reused on later starts.
+//! TLS for every listener (HTTP/3 front door, DNS over QUIC, the mesh):
+//! the topology's PEM certificate and key, or a self-signed development
+//! certificate generated once into the state directory and reused on later
+//! starts; and (`pki`) the cluster CA that authenticates edges to each
+//! other. A leaf: it depends on `config` only.
 //!
 //! rustls always runs on the `ring` provider (never aws-lc-rs).
 
@@ -10,8 +12,21 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::FrontdoorError;
 use crate::config::Topology;
+
+pub mod pki;
+
+/// Certificate or key missing, unreadable or invalid (the message names
+/// the file and what is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+impl TlsError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 /// File name of the generated development certificate in `state_dir`.
 pub const DEV_CERT: &str = "dev-cert.pem";
@@ -30,7 +45,7 @@ pub struct CertFiles {
 
 /// The certificate files for `topology`, generating the development pair
 /// when no `[tls]` is configured and none exists yet.
-pub fn cert_files(topology: &Topology) -> Result<CertFiles, FrontdoorError> {
+pub fn cert_files(topology: &Topology) -> Result<CertFiles, TlsError> {
     if let Some(tls) = &topology.tls {
         return Ok(CertFiles {
             cert: tls.cert.clone(),
@@ -87,37 +102,37 @@ pub fn dev_cert_names(topology: &Topology) -> Vec<String> {
 pub(crate) fn server_config_with(
     files: &CertFiles,
     enable_0rtt: bool,
-    cluster: Option<&crate::mesh::pki::Cluster>,
-) -> Result<rustls::ServerConfig, FrontdoorError> {
+    cluster: Option<&crate::tls::pki::Cluster>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| FrontdoorError::Tls(format!("reading {}: {e}", files.cert.display())))?;
+        .map_err(|e| TlsError(format!("reading {}: {e}", files.cert.display())))?;
     if certs.is_empty() {
-        return Err(FrontdoorError::Tls(format!(
+        return Err(TlsError(format!(
             "no certificate in {}",
             files.cert.display()
         )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| FrontdoorError::Tls(format!("reading {}: {e}", files.key.display())))?;
+        .map_err(|e| TlsError(format!("reading {}: {e}", files.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+        .map_err(|e| TlsError(e.to_string()))?;
     let mut tls = match cluster {
         None => builder
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.cert.display())))?,
+            .map_err(|e| TlsError(format!("{}: {e}", files.cert.display())))?,
         Some(cluster) => {
             let signing = provider
                 .key_provider
                 .load_private_key(key)
-                .map_err(|e| FrontdoorError::Tls(format!("{}: {e}", files.key.display())))?;
+                .map_err(|e| TlsError(format!("{}: {e}", files.key.display())))?;
             let public = Arc::new(rustls::sign::CertifiedKey::new(certs, signing));
             let verifier = cluster
                 .client_verifier()
-                .map_err(|e| FrontdoorError::Tls(e.to_string()))?;
+                .map_err(|e| TlsError(e.to_string()))?;
             builder
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(cluster.resolver(public))
@@ -132,7 +147,7 @@ pub(crate) fn server_config_with(
 /// The rustls configuration of DNS over QUIC (RFC 9250): the same
 /// certificate as the front door, TLS 1.3, ALPN `doq`, no client
 /// certificates and no early data.
-pub(crate) fn doq_server_config(files: &CertFiles) -> Result<rustls::ServerConfig, FrontdoorError> {
+pub(crate) fn doq_server_config(files: &CertFiles) -> Result<rustls::ServerConfig, TlsError> {
     let mut tls = server_config_with(files, false, None)?;
     tls.alpn_protocols = vec![b"doq".to_vec()];
     Ok(tls)
@@ -146,8 +161,8 @@ const DEV_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// may share one state directory and start at once: an exclusive lock file
 /// (`create_new`) makes exactly one generate while the others wait, so no
 /// process can end up with one process's certificate and another's key.
-fn dev_pair(topology: &Topology, cert: &Path, key: &Path) -> Result<(), FrontdoorError> {
-    let io = |what: &str, e: std::io::Error| FrontdoorError::Tls(format!("{what}: {e}"));
+fn dev_pair(topology: &Topology, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let io = |what: &str, e: std::io::Error| TlsError(format!("{what}: {e}"));
     std::fs::create_dir_all(&topology.state_dir).map_err(|e| {
         io(
             &format!("creating state directory {}", topology.state_dir.display()),
@@ -187,7 +202,7 @@ fn dev_pair(topology: &Topology, cert: &Path, key: &Path) -> Result<(), Frontdoo
                     tracing::warn!(lock = %lock.display(), "removing a stale development certificate lock");
                     let _ = std::fs::remove_file(&lock);
                 } else if started.elapsed() > DEV_LOCK_WAIT * 2 {
-                    return Err(FrontdoorError::Tls(format!(
+                    return Err(TlsError(format!(
                         "waited too long for {} (another process generating the development certificate); remove it if no fnroute is starting",
                         lock.display()
                     )));
@@ -199,11 +214,10 @@ fn dev_pair(topology: &Topology, cert: &Path, key: &Path) -> Result<(), Frontdoo
     }
 }
 
-fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(), FrontdoorError> {
-    let err =
-        |e: &dyn std::fmt::Display| FrontdoorError::Tls(format!("development certificate: {e}"));
+fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let err = |e: &dyn std::fmt::Display| TlsError(format!("development certificate: {e}"));
     std::fs::create_dir_all(&topology.state_dir).map_err(|e| {
-        FrontdoorError::Tls(format!(
+        TlsError(format!(
             "creating state directory {}: {e}",
             topology.state_dir.display()
         ))
@@ -222,10 +236,10 @@ fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(),
     );
     write_private(&key_tmp, pair.serialize_pem().as_bytes())?;
     std::fs::write(&cert_tmp, c.pem())
-        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", cert_tmp.display())))?;
+        .map_err(|e| TlsError(format!("writing {}: {e}", cert_tmp.display())))?;
     for (from, to) in [(&key_tmp, key), (&cert_tmp, cert)] {
         std::fs::rename(from, to).map_err(|e| {
-            FrontdoorError::Tls(format!(
+            TlsError(format!(
                 "renaming {} to {}: {e}",
                 from.display(),
                 to.display()
@@ -236,7 +250,7 @@ fn generate_dev_cert(topology: &Topology, cert: &Path, key: &Path) -> Result<(),
 }
 
 /// Writes the key readable by its owner only.
-fn write_private(path: &Path, data: &[u8]) -> Result<(), FrontdoorError> {
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -245,7 +259,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), FrontdoorError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", path.display())))?;
+        .map_err(|e| TlsError(format!("writing {}: {e}", path.display())))?;
     f.write_all(data)
-        .map_err(|e| FrontdoorError::Tls(format!("writing {}: {e}", path.display())))
+        .map_err(|e| TlsError(format!("writing {}: {e}", path.display())))
 }
