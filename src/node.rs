@@ -19,7 +19,6 @@ use crate::config::{EdgeId, Topology};
 use crate::exec::Executors;
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
-use arc_swap::ArcSwap;
 
 /// How often the geo database file is checked for changes.
 pub const GEO_POLL: Duration = Duration::from_secs(5);
@@ -32,13 +31,9 @@ pub struct EdgeContext {
     pub view: Arc<LiveView>,
     /// This edge's executor pools (worker processes).
     pub exec: Arc<Executors>,
-    /// Counters of this edge's DNS front door (exported at scrape time;
-    /// replaced, with the query counters carried over, when a reload
-    /// changes the functions or edges).
-    pub dns_stats: Arc<ArcSwap<crate::dns::DnsStats>>,
-    /// The DNS front door's current state, once it is bound (a reload
-    /// stores a rebuilt one).
-    pub dns_cell: Arc<std::sync::OnceLock<crate::dns::DnsCell>>,
+    /// This edge's DNS front door: its counters, and the state a reload
+    /// rebuilds.
+    pub dns: crate::dns::DnsHandle,
     /// The process's reloader (shared by every edge of a `Fleet`; weak,
     /// as the reloader holds the contexts). Unset outside a `Fleet`.
     pub reloader: Arc<std::sync::OnceLock<std::sync::Weak<Reloader>>>,
@@ -65,6 +60,7 @@ impl EdgeContext {
         tasks: TaskTracker,
     ) -> anyhow::Result<Self> {
         let view = Arc::new(LiveView::new(topology.clone()));
+        let dns = crate::dns::DnsHandle::new(edge, geo.clone(), view.clone());
         let dispatch = match &topology.mesh {
             Some(m) => {
                 let mesh = crate::mesh::Mesh::new(&topology, m, edge)
@@ -82,11 +78,7 @@ impl EdgeContext {
             view,
             exec: Executors::start(topology.clone(), edge)
                 .with_context(|| format!("starting executors of edge {edge}"))?,
-            dns_stats: Arc::new(ArcSwap::from_pointee(crate::dns::DnsStats::new(
-                topology.functions.len(),
-                topology.edges.len(),
-            ))),
-            dns_cell: Arc::new(std::sync::OnceLock::new()),
+            dns,
             reloader: Arc::new(std::sync::OnceLock::new()),
             cache: crate::frontdoor::cached::ResponseCache::with_tracker(
                 topology.edges.get(edge).map_or(64 << 20, |e| e.cache_bytes),
@@ -208,7 +200,7 @@ impl BoundEdge {
             crate::admin::AdminServer::bind(cx.clone(), crate::admin::AdminLimits::default(), None)
                 .await?;
         let admin_addr = admin.local_addr().context("admin listener address")?;
-        let dns = crate::dns::bind(&cx)
+        let dns = crate::dns::bind(&cx.dns)
             .await
             .with_context(|| format!("starting the DNS front door of edge {name}"))?;
         let frontdoor = crate::frontdoor::FrontDoor::bind(cx)
@@ -588,10 +580,5 @@ fn apply(
     for f in changed.iter().chain(removed) {
         let _ = cx.cache.purge_function(f);
     }
-    let stats = Arc::new(cx.dns_stats.load().carried(old, new));
-    cx.dns_stats.store(stats);
-    if let Some(cell) = cx.dns_cell.get() {
-        let next = crate::dns::DnsState::reloaded(cx, &cell.load());
-        cell.store(Arc::new(next));
-    }
+    cx.dns.reload(old, new);
 }

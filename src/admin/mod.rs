@@ -425,7 +425,7 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     let draining = view.edges.get(state.cx.edge).is_some_and(|s| s.draining);
     crate::metrics::edge_state(me, view.generation, draining);
     // Counters the request paths keep as plain atomics are copied in now.
-    state.cx.dns_stats.load().export(me, &state.cx.topology());
+    state.cx.dns.stats.load().export(me, &state.cx.topology());
     export_executors(me, &state.cx.exec);
     let c = state.cx.cache.stats();
     crate::metrics::cache_totals(me, c.hits, c.misses, c.stale, c.coalesced);

@@ -45,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EdgeId, Topology};
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
-use crate::node::EdgeContext;
 
 pub use rrl::{RateLimiter, Verdict};
 
@@ -211,17 +210,18 @@ pub struct DnsState {
 }
 
 impl DnsState {
-    /// The state of `cx`'s edge.
-    pub fn for_edge(cx: &EdgeContext) -> Self {
-        let mut s = Self::new(cx.edge, cx.topology(), cx.geo.clone(), cx.view.clone());
-        s.stats = cx.dns_stats.load_full();
+    /// The state of `h`'s edge, for its current topology.
+    pub fn for_edge(h: &DnsHandle) -> Self {
+        let topology = h.view.load().topology.clone();
+        let mut s = Self::new(h.edge, topology, h.geo.clone(), h.view.clone());
+        s.stats = h.stats.load_full();
         s
     }
 
-    /// The state of `cx`'s edge after a topology reload: tables rebuilt
+    /// The state of `h`'s edge after a topology reload: tables rebuilt
     /// from the new topology, the rate limiter (and its buckets) kept.
-    pub fn reloaded(cx: &EdgeContext, old: &DnsState) -> Self {
-        let mut s = Self::for_edge(cx);
+    pub fn reloaded(h: &DnsHandle, old: &DnsState) -> Self {
+        let mut s = Self::for_edge(h);
         if s.rate_limit.is_some() {
             s.rate_limit = old.rate_limit.clone();
         }
@@ -473,12 +473,53 @@ impl BoundDns {
     }
 }
 
+/// What the DNS front door of one edge takes from the edge: the live view
+/// (with its topology), the geo database, the counters, and the cell a
+/// reload stores rebuilt state into. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DnsHandle {
+    pub edge: EdgeId,
+    pub geo: Arc<GeoDb>,
+    pub view: Arc<LiveView>,
+    /// Counters (exported at scrape time; replaced, with the query counters
+    /// carried over, when a reload changes the functions or edges).
+    pub stats: Arc<ArcSwap<DnsStats>>,
+    /// The serving state, once bound.
+    cell: Arc<std::sync::OnceLock<DnsCell>>,
+}
+
+impl DnsHandle {
+    pub fn new(edge: EdgeId, geo: Arc<GeoDb>, view: Arc<LiveView>) -> Self {
+        let t = view.load().topology.clone();
+        Self {
+            edge,
+            geo,
+            view,
+            stats: Arc::new(ArcSwap::from_pointee(DnsStats::new(
+                t.functions.len(),
+                t.edges.len(),
+            ))),
+            cell: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Applies a topology the live view already holds: counters carried
+    /// from `old` to `new`, answer tables rebuilt (rate limiter kept).
+    pub fn reload(&self, old: &Topology, new: &Topology) {
+        self.stats
+            .store(Arc::new(self.stats.load().carried(old, new)));
+        if let Some(cell) = self.cell.get() {
+            cell.store(Arc::new(DnsState::reloaded(self, &cell.load())));
+        }
+    }
+}
+
 /// Binds the edge's `dns_listen` for UDP and TCP. Port 0 picks a free port
 /// shared by both. Errors name the address.
-pub async fn bind(cx: &EdgeContext) -> anyhow::Result<BoundDns> {
-    let bound = bind_state(Arc::new(DnsState::for_edge(cx))).await?;
+pub async fn bind(h: &DnsHandle) -> anyhow::Result<BoundDns> {
+    let bound = bind_state(Arc::new(DnsState::for_edge(h))).await?;
     // The cell a topology reload stores into (first bind wins).
-    let _ = cx.dns_cell.set(bound.cell.clone());
+    let _ = h.cell.set(bound.cell.clone());
     Ok(bound)
 }
 
@@ -559,8 +600,8 @@ fn default_udp_sockets() -> usize {
 }
 
 /// Binds and serves one edge's DNS front door until `token` is cancelled.
-pub async fn serve(cx: EdgeContext, token: CancellationToken) -> anyhow::Result<()> {
-    bind(&cx).await?.serve(token).await;
+pub async fn serve(h: DnsHandle, token: CancellationToken) -> anyhow::Result<()> {
+    bind(&h).await?.serve(token).await;
     Ok(())
 }
 

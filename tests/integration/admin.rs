@@ -248,7 +248,11 @@ async fn metrics_scrape_parses_with_edge_labels() {
     m::pool_size("sin", "hello", 2, 1, 0);
     m::pool_event("sin", "hello", m::PoolEvent::ColdStart);
     m::pool_queue_wait("sin", "hello", Duration::from_micros(300));
-    m::peer_rtt("fra", "nyc", Duration::from_millis(38));
+    // A peer no fleet has: the real probers of this and other tests keep
+    // writing the real peers' gauges (a probe that times out under load
+    // sets one to 0), so exact values are checked on this one.
+    m::peer_state("fra", "ghost", true, 0.25);
+    m::peer_rtt("fra", "ghost", Duration::from_millis(38));
     let billed = m::meter("fra", "echo", Duration::from_micros(2_500), 128);
     assert_eq!(billed, 3);
 
@@ -331,11 +335,20 @@ async fn metrics_scrape_parses_with_edge_labels() {
         other => panic!("histogram expected, got {other:?}"),
     }
     assert!(
-        matches!(find(m::PEER_UP, &[("edge", "fra"), ("peer", "sin")]), Value::Gauge(v) if v == 1.0)
+        matches!(find(m::PEER_UP, &[("edge", "fra"), ("peer", "ghost")]), Value::Gauge(v) if v == 1.0)
     );
     assert!(
-        matches!(find(m::PEER_RTT, &[("edge", "fra"), ("peer", "nyc")]), Value::Gauge(v) if (v - 0.038).abs() < 1e-9)
+        matches!(find(m::PEER_LOAD, &[("edge", "fra"), ("peer", "ghost")]), Value::Gauge(v) if v == 0.25)
     );
+    assert!(
+        matches!(find(m::PEER_RTT, &[("edge", "fra"), ("peer", "ghost")]), Value::Gauge(v) if (v - 0.038).abs() < 1e-9)
+    );
+    // The fleet's own probers export their peers too (value: whatever the
+    // last probe saw).
+    assert!(matches!(
+        find(m::PEER_UP, &[("edge", "fra"), ("peer", "sin")]),
+        Value::Gauge(v) if v == 0.0 || v == 1.0
+    ));
     assert!(
         matches!(find(m::POOL_WORKERS, &[("edge", "sin"), ("function", "hello")]), Value::Gauge(v) if v == 2.0)
     );
