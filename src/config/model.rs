@@ -32,6 +32,9 @@ pub struct Topology {
     pub functions: Vec<Function>,
     /// Function source routing: bounds, static routes, event types.
     pub routing: Routing,
+    /// Lower-case function name -> index in `functions`, built with the
+    /// topology (a lookup per request, not a scan).
+    pub(crate) function_index: std::collections::HashMap<String, usize>,
 }
 
 /// `[routing]`, `[[route]]` and `[[event]]`.
@@ -230,10 +233,32 @@ impl Topology {
         self.edges.iter().position(|e| e.name == name)
     }
 
+    /// The function named `name` (any case).
     pub fn function(&self, name: &str) -> Option<&Function> {
-        self.functions
+        let hit = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.function_index.get(&name.to_ascii_lowercase())
+        } else {
+            self.function_index.get(name)
+        };
+        match hit.and_then(|&i| self.functions.get(i)) {
+            Some(f) if f.name.eq_ignore_ascii_case(name) => Some(f),
+            // Not indexed (a test that edited `functions` after loading):
+            // the scan is still right.
+            _ => self
+                .functions
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    pub(crate) fn index_functions(
+        functions: &[Function],
+    ) -> std::collections::HashMap<String, usize> {
+        functions
             .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .enumerate()
+            .map(|(i, f)| (f.name.to_ascii_lowercase(), i))
+            .collect()
     }
 }
 

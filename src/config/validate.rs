@@ -180,7 +180,9 @@ pub(super) fn validate_with(
     let routing = check_routing(&mut cx, &raw, &raw.function, &functions);
 
     if cx.errors.is_empty() {
+        let function_index = Topology::index_functions(&functions);
         Ok(Topology {
+            function_index,
             source: file.to_path_buf(),
             zone,
             geo_db,

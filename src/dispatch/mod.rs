@@ -156,10 +156,8 @@ impl Dispatcher {
     /// Whether the local pool of `f` is full (running plus queued at the
     /// concurrency limit plus the queue), so new work should go elsewhere.
     pub fn saturated(exec: &Executors, f: &Function, queue: u32) -> bool {
-        exec.stats()
-            .iter()
-            .find(|s| s.function == f.name)
-            .is_some_and(|s| s.busy + s.queued >= (f.concurrency_max + queue) as usize)
+        exec.backlog(&f.name)
+            .is_some_and(|n| n >= (f.concurrency_max + queue) as usize)
     }
 
     /// Healthy, non-draining, non-ejected peers hosting `f`, best first:

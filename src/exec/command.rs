@@ -131,6 +131,11 @@ impl CommandPool {
         s
     }
 
+    /// Invocations running plus waiting (no lock, no allocation).
+    pub(crate) fn backlog(&self) -> usize {
+        self.running.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
+    }
+
     async fn run(
         &self,
         request_id: &str,

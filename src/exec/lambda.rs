@@ -184,6 +184,12 @@ impl LambdaPool {
         s
     }
 
+    /// Invocations running plus queued (one lock, no allocation).
+    pub(crate) fn backlog(&self) -> usize {
+        let st = self.lock();
+        st.slots.values().filter(|w| w.current.is_some()).count() + st.queue.len()
+    }
+
     /// Refuses new invocations; queued and running ones go on.
     pub(crate) fn set_draining(&self) {
         self.lock().draining = true;

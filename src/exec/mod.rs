@@ -398,6 +398,15 @@ impl Executors {
         result
     }
 
+    /// Running plus queued invocations of `function`'s pool, if it has one
+    /// here: what `stats` says of it, without visiting every pool.
+    pub fn backlog(&self, function: &str) -> Option<usize> {
+        self.pools.load().get(function).map(|e| match &e.pool {
+            Pool::Lambda(p) => p.backlog(),
+            Pool::Command(p) => p.backlog(),
+        })
+    }
+
     /// Per-function pool counters, in function-name order.
     pub fn stats(&self) -> Vec<FunctionStats> {
         self.pools
