@@ -15,10 +15,18 @@
 #
 # Logs: fuzz/logs/<target>-<date>.full.log (everything libFuzzer printed,
 # not committed) and benches/results/fuzz-<target>-<date>.log, the same
-# log, or when it is over 200 KB a filtered copy (the start, the first
-# status line of every million executions, and every line that is not a
-# status line: stats, warnings, crash reports), which says so on its first
-# line.
+# log, or when it is over 200 KB a filtered copy (the start, the INITED
+# and DONE lines, the first status line of every million executions, and
+# every line that is not a status line: stats, warnings, crash reports),
+# which says so on its first line.
+#
+# Other people's half-done edits under src/ can keep a shared tree from
+# building; to fuzz exactly a commit, export it and run its copy:
+#   git archive HEAD | tar -x -C /tmp/snap && \
+#     FUZZ_COMMIT=$(git rev-parse --short HEAD) FUZZ_TARGET_DIR=$PWD/fuzz/target \
+#     /tmp/snap/fuzz/run.sh topology
+# (FUZZ_TARGET_DIR reuses this tree's compiled dependencies; the logs land
+# in the snapshot's benches/results/.)
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
 # --locked`). libFuzzer, single process: no -jobs/-workers. Exits non-zero
@@ -57,26 +65,34 @@ for t in "${targets[@]}"; do
   fi
   full="fuzz/logs/$t-$DATE.full.log"
   kept="benches/results/fuzz-$t-$DATE.log"
-  commit="$(git rev-parse --short HEAD)"
-  dirty=""
-  git diff --quiet HEAD -- src fuzz 2>/dev/null || dirty=" (with uncommitted changes under src/ or fuzz/)"
+  # In a git tree: HEAD, and whether src/ or fuzz/ differ from it. In an
+  # exported snapshot (see below): FUZZ_COMMIT names what was exported.
+  if git rev-parse --git-dir > /dev/null 2>&1; then
+    commit="$(git rev-parse --short HEAD)"
+    dirty=""
+    git diff --quiet HEAD -- src fuzz 2>/dev/null || dirty=" (with uncommitted changes under src/ or fuzz/)"
+  else
+    commit="${FUZZ_COMMIT:-unknown}"
+    dirty=" (exported snapshot, no uncommitted changes)"
+  fi
   {
-    echo "# fuzz/run.sh $t: commit $commit$dirty, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores"
+    echo "# fuzz/run.sh $t: commit $commit$dirty, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     # What was built: HEAD plus whatever is uncommitted under src/ and fuzz/.
-    git status --short -- src fuzz | sed 's/^/#   uncommitted: /'
+    git status --short -- src fuzz 2>/dev/null | sed 's/^/#   uncommitted: /' || true
     echo "# cargo +nightly fuzz run $t $corpus $seeds -- ${bound[*]} -max_len=$(max_len "$t") -print_final_stats=1 (nice -n $NICE)"
   } > "$full"
   start=$(date +%s)
   rc=0
-  nice -n "$NICE" cargo +nightly fuzz run "$t" "$corpus" "$seeds" -- \
+  nice -n "$NICE" cargo +nightly fuzz run ${FUZZ_TARGET_DIR:+--target-dir "$FUZZ_TARGET_DIR"} "$t" "$corpus" "$seeds" -- \
     "${bound[@]}" -max_len="$(max_len "$t")" -print_final_stats=1 >> "$full" 2>&1 || rc=$?
-  echo "# exit status $rc after $(( $(date +%s) - start )) s wall" >> "$full"
+  echo "# exit status $rc after $(( $(date +%s) - start )) s wall; load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$full"
   [ "$rc" -eq 0 ] || status=1
   if [ "$(stat -c %s "$full")" -gt 200000 ]; then
     {
       echo "# FILTERED: the full log was $(stat -c %s "$full") bytes; kept: its first 60 lines, the first"
       echo "# status line (#N ...) of every million executions, and every line that is not a status line."
       awk 'NR <= 60 { print; next }
+           /^#[0-9]+\t(INITED|DONE)/ { print; next }
            /^#[0-9]+/ { n = substr($1, 2) + 0; m = int(n / 1000000);
                         if (m > last) { print; last = m } ; next }
            { print }' "$full"
