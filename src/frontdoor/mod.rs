@@ -13,6 +13,7 @@
 
 pub mod cached;
 pub mod limits;
+mod pipeline;
 pub mod problem;
 mod routed;
 mod server;

@@ -197,6 +197,24 @@ impl Problem {
     }
 
     /// Classifies an executor error (the front door's single mapping).
+    /// The problem for an invocation that could not be forwarded (the
+    /// caller adds the function or step).
+    pub fn from_dispatch(e: &crate::dispatch::DispatchError) -> Self {
+        use crate::dispatch::DispatchError;
+        let kind = match e {
+            DispatchError::NoEdge(_) => ProblemKind::NoEdge,
+            DispatchError::HopLimit(_) => ProblemKind::HopLimit,
+            DispatchError::Deadline => ProblemKind::DeadlineExceeded,
+            DispatchError::Failed { .. } => ProblemKind::ForwardFailed,
+        };
+        let p = Problem::new(kind, e.to_string());
+        if kind == ProblemKind::NoEdge {
+            p.retry_after(Duration::from_secs(1))
+        } else {
+            p
+        }
+    }
+
     pub fn from_exec(function: &str, e: &ExecError) -> Self {
         let p = match e {
             ExecError::UnknownFunction(_) => Self::new(ProblemKind::UnknownFunction, e.to_string()),

@@ -7,27 +7,27 @@
 //! `crate::route`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
-use super::limits::{self, Route};
+use super::limits;
+use super::pipeline::{self, base_response, Call, Reply, RequestBody, Target};
 use super::problem::{Problem, ProblemKind};
-use super::server::{base_response, body_problem, execute, read_body, Reply, Shared, Stream};
+use super::server::Shared;
 use super::EDGE_HEADER;
-use crate::cache::CacheKey;
-use crate::config::Function;
+use crate::config::{Function, Topology};
 use crate::dispatch::{DispatchError, Dispatcher, Forward, RouteCarry};
-use crate::exec::Invocation;
 use crate::metrics::Path as MetricPath;
 use crate::route::{self, Progress, RouteError, Stack, Trace, MODE_HEADER, PATH_HEADER};
 
 /// One routed event on this edge.
 struct Run<'a> {
     shared: &'a Arc<Shared>,
-    req: &'a http::Request<()>,
+    call: &'a Call,
+    /// The call's topology snapshot.
+    topo: &'a Topology,
     id: &'a str,
     stack: Stack,
     progress: Progress,
@@ -48,26 +48,17 @@ struct Run<'a> {
 
 /// Handles `POST /event/{type}` and `POST /route` (from clients and, with
 /// the internal headers honoured, from authenticated peers).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn handle(
+pub(super) async fn handle<B: RequestBody>(
     shared: &Arc<Shared>,
-    req: &http::Request<()>,
-    stream: &mut Stream,
-    id: &str,
-    early: bool,
-    started: Instant,
-    read_deadline: Instant,
-    peer: Option<&str>,
+    call: &Call,
+    body: &mut B,
 ) -> Result<Reply, Problem> {
-    let topo = &shared.cx.topology();
+    let topo = call.topology.as_ref();
     let bounds = topo.routing.bounds;
-    let header = |h: &str| req.headers().get(h).and_then(|v| v.to_str().ok());
-    // Internal headers count only from authenticated peers.
-    let internal = |h: &str| peer.and_then(|_| header(h));
-    let stack = match limits::route(req.method(), req.uri().path()) {
-        Route::Event(kind) => {
-            let kind = kind.to_ascii_lowercase();
-            let entry = topo.routing.events.get(&kind).ok_or_else(|| {
+    let peer = call.peer.as_deref();
+    let stack = match &call.target {
+        Target::Event(kind) => {
+            let entry = topo.routing.events.get(kind).ok_or_else(|| {
                 Problem::new(
                     ProblemKind::UnknownEvent,
                     format!("unknown event type {kind:?}; the topology's [[event]] tables define the types"),
@@ -75,8 +66,8 @@ pub(super) async fn handle(
             })?;
             Stack::new(entry.iter().cloned())
         }
-        Route::Stack => {
-            let raw = header(route::ROUTE_HEADER).ok_or_else(|| {
+        Target::Stack => {
+            let raw = call.header(route::ROUTE_HEADER).ok_or_else(|| {
                 Problem::new(
                     ProblemKind::BadRequest,
                     format!(
@@ -99,43 +90,30 @@ pub(super) async fn handle(
         }
         _ => {
             return Err(Problem::new(
-                ProblemKind::MethodNotAllowed,
-                format!("method {} is not allowed; use POST", req.method()),
+                ProblemKind::Internal,
+                "a request that is not a routed event reached the route handler",
             ))
         }
     };
-    if early && !route::retryable(topo, &stack) {
+    if call.early && !route::retryable(topo, &stack) {
         return Err(Problem::new(
             ProblemKind::TooEarly,
             "the route has steps that are not idempotent; retry after the handshake",
         ));
     }
-    let progress = match internal(route::PROGRESS_HEADER) {
+    let progress = match call.internal.progress.as_deref() {
         Some(p) => Progress::parse(p).ok_or_else(|| {
             Problem::new(ProblemKind::BadRequest, "malformed route progress header")
         })?,
         None => Progress::default(),
     };
-    let number = |h: &str| internal(h).and_then(|v| v.trim().parse::<u64>().ok());
-    let hops = number(crate::dispatch::HOP_HEADER)
-        .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
-        .unwrap_or(0);
-    let timeout = limits::invocation_timeout(
-        bounds.timeout,
-        req.headers()
-            .get(limits::TIMEOUT_HEADER)
-            .map(|v| v.as_bytes()),
-    )
-    .map_err(|d| Problem::new(ProblemKind::BadRequest, d))?;
-    let timeout = match number(crate::dispatch::DEADLINE_HEADER) {
-        Some(ms) => timeout.min(Duration::from_millis(ms.max(1))),
-        None => timeout,
-    };
-    let trace = match internal(crate::dispatch::TRACE_HEADER).and_then(Trace::parse) {
+    let hops = call.internal.hops;
+    let timeout = call.timeout(bounds.timeout)?;
+    let trace = match call.internal.trace.as_deref().and_then(Trace::parse) {
         Some(t) => t.child(rand::random()),
         None => Trace::root(rand::random(), rand::random()),
     };
-    let orchestrated = match header(MODE_HEADER).map(str::trim) {
+    let orchestrated = match call.header(MODE_HEADER).map(str::trim) {
         None | Some("source") => false,
         Some("orchestrated") => peer.is_none(),
         Some(other) => {
@@ -145,19 +123,19 @@ pub(super) async fn handle(
             ))
         }
     };
-    let event = read_body(stream, shared.settings.max_payload_bytes, read_deadline)
-        .await
-        .map_err(|e| body_problem(e, &shared.settings))?;
-    let content_type = req
-        .headers()
+    pipeline::check_length(shared, call)?;
+    let event = pipeline::read_payload(shared, call, body).await?;
+    let content_type = call
+        .headers
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(limits::sniff_content_type(&event)));
     tracing::debug!(stack = %stack.to_header(), hops, ?progress, trace = %trace.trace_id_hex(), orchestrated, "route");
     let run = Run {
         shared,
-        req,
-        id,
+        call,
+        topo,
+        id: &call.id,
         stack,
         progress,
         hops,
@@ -168,7 +146,7 @@ pub(super) async fn handle(
         content_type,
         path: Vec::new(),
         last_edge: shared.edge_name.clone(),
-        started,
+        started: call.started,
     };
     let result = run.go().await;
     if peer.is_none() {
@@ -177,7 +155,7 @@ pub(super) async fn handle(
             Ok(_) => "error",
             Err(p) => p.kind.slug(),
         };
-        crate::metrics::route(&shared.edge_name, outcome, started.elapsed());
+        crate::metrics::route(&shared.edge_name, outcome, call.started.elapsed());
     }
     result
 }
@@ -233,9 +211,8 @@ impl Run<'_> {
     }
 
     async fn go(mut self) -> Result<Reply, Problem> {
-        let started = self.started;
         let shared = self.shared;
-        let topo = &shared.cx.topology();
+        let topo = self.topo;
         let bounds = topo.routing.bounds;
         let dispatch = shared.cx.dispatch.as_deref();
         // A step whose local pool was full: hand it to a peer instead.
@@ -312,7 +289,7 @@ impl Run<'_> {
                 return Err(self.route_error(e));
             }
             crate::metrics::route_step(self.edge(), &step, MetricPath::Local);
-            match self.run_local(f, started).await {
+            match self.run_local(f).await {
                 Ok(out) => {
                     self.path.push(route::path_entry(&step, self.edge()));
                     self.last_edge = self.edge().to_string();
@@ -343,42 +320,21 @@ impl Run<'_> {
     }
 
     /// Runs one step on this edge's pool, through the cache when the
-    /// function has a cache policy.
-    async fn run_local(
-        &self,
-        f: &Function,
-        started: Instant,
-    ) -> Result<super::cached::CachedReply, Problem> {
-        let shared = self.shared;
+    /// function has a cache policy (the pipeline's cache and execute
+    /// stages, with the step's event and deadline).
+    async fn run_local(&self, f: &Function) -> Result<super::cached::CachedReply, Problem> {
         let deadline = self.deadline.min(Instant::now() + f.timeout);
-        let inv = Invocation {
-            function: f.name.clone(),
-            payload: self.event.clone(),
+        pipeline::run_cached(
+            self.shared,
+            self.call,
+            f,
+            self.event.clone(),
             deadline,
-            request_id: self.id.to_string(),
-            trace: Some(self.trace.child(rand::random()).header()),
-        };
-        let key = f.cache.as_ref().map(|_| {
-            CacheKey::for_request(f, &inv.payload, |h| {
-                self.req.headers().get(h).and_then(|v| v.to_str().ok())
-            })
-        });
-        let run = {
-            let shared = shared.clone();
-            let (kind, timeout) = (f.executor.kind, f.timeout);
-            move || execute(shared, inv, kind, timeout, started)
-        };
-        match key {
-            Some(key) => {
-                shared
-                    .cx
-                    .cache
-                    .fetch(key, f.cache.as_ref(), run)
-                    .await
-                    .result
-            }
-            None => run().await,
-        }
+            f.timeout,
+            Some(self.trace.child(rand::random()).header()),
+        )
+        .await
+        .0
     }
 
     /// What a step's output does to the route: a gatekeeper's envelope
@@ -395,7 +351,7 @@ impl Run<'_> {
             self.content_type = content_type;
             return Ok(());
         }
-        let topo = &self.shared.cx.topology();
+        let topo = self.topo;
         let env = route::parse_envelope(topo, &f.name, &body).map_err(|e| self.route_error(e))?;
         self.stack
             .expand(&mut self.progress, &topo.routing.bounds, &f.name, &env.push)
@@ -427,28 +383,23 @@ impl Run<'_> {
     }
 
     fn dispatch_problem(&self, step: &str, e: DispatchError) -> Problem {
-        let kind = match &e {
-            DispatchError::NoEdge(_) => ProblemKind::NoEdge,
-            DispatchError::HopLimit(_) => ProblemKind::HopLimit,
-            DispatchError::Deadline => ProblemKind::DeadlineExceeded,
-            DispatchError::Failed { .. } => ProblemKind::ForwardFailed,
-        };
         let detail = format!(
             "step {step:?} could not be handed on from edge {:?}: {e}",
             self.edge()
         );
-        let p = self.fail(Problem::new(kind, detail), Some(step));
-        if kind == ProblemKind::NoEdge {
-            p.retry_after(Duration::from_secs(1))
-        } else {
-            p
-        }
+        self.fail(
+            Problem {
+                detail,
+                ..Problem::from_dispatch(&e)
+            },
+            Some(step),
+        )
     }
 
     /// Source routing: the event and the whole remaining stack (the next
     /// step first) go to the best edge for the next step.
     async fn hand_on(&self, d: &Dispatcher, f: &Function) -> Result<Reply, Problem> {
-        let topo = &self.shared.cx.topology();
+        let topo = self.topo;
         let carry = RouteCarry {
             stack: self.stack.to_header(),
             progress: self.progress.to_header(),
