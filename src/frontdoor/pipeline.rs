@@ -456,8 +456,33 @@ pub(crate) async fn run_cached(
     }
 }
 
-/// Stage 6: edge admission (a slot among the edge's `capacity`, after a
-/// short bounded wait) and the executor (what a cache miss runs).
+/// Edge admission: a slot among the edge's `capacity`, after a short
+/// bounded wait (503 with `retry-after` otherwise, as when shutting down).
+async fn admission<'a>(
+    shared: &'a Shared,
+    name: &str,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Problem> {
+    let edge = &shared.edge_name;
+    if shared.token.is_cancelled() {
+        return Err(Problem::new(
+            ProblemKind::ShuttingDown,
+            format!("edge {edge:?} is shutting down"),
+        )
+        .function(name)
+        .retry_after(Duration::from_secs(1)));
+    }
+    match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(Problem::new(
+            ProblemKind::EdgeSaturated,
+            format!("edge {edge:?} is at its capacity of in-flight invocations"),
+        )
+        .function(name)
+        .retry_after(Duration::from_secs(1))),
+    }
+}
+
+/// Stage 6: edge admission and the executor (what a cache miss runs).
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     inv: Invocation,
@@ -466,28 +491,8 @@ pub(crate) async fn execute(
     started: Instant,
 ) -> Result<CachedReply, Problem> {
     let name = inv.function.clone();
-    let edge = &shared.edge_name;
-    if shared.token.is_cancelled() {
-        return Err(Problem::new(
-            ProblemKind::ShuttingDown,
-            format!("edge {edge:?} is shutting down"),
-        )
-        .function(&name)
-        .retry_after(Duration::from_secs(1)));
-    }
     let admitted = Instant::now();
-    let _permit =
-        match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(Problem::new(
-                    ProblemKind::EdgeSaturated,
-                    format!("edge {edge:?} is at its capacity of in-flight invocations"),
-                )
-                .function(&name)
-                .retry_after(Duration::from_secs(1)))
-            }
-        };
+    let _permit = admission(&shared, &name).await?;
     let admission_wait = admitted.elapsed();
     let deadline = inv.deadline;
     // The executor enforces the deadline; the slack only guards against

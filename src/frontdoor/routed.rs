@@ -55,46 +55,7 @@ pub(super) async fn handle<B: RequestBody>(
 ) -> Result<Reply, Problem> {
     let topo = call.topology.as_ref();
     let bounds = topo.routing.bounds;
-    let peer = call.peer.as_deref();
-    let stack = match &call.target {
-        Target::Event(kind) => {
-            let entry = topo.routing.events.get(kind).ok_or_else(|| {
-                Problem::new(
-                    ProblemKind::UnknownEvent,
-                    format!("unknown event type {kind:?}; the topology's [[event]] tables define the types"),
-                )
-            })?;
-            Stack::new(entry.iter().cloned())
-        }
-        Target::Stack => {
-            let raw = call.header(route::ROUTE_HEADER).ok_or_else(|| {
-                Problem::new(
-                    ProblemKind::BadRequest,
-                    format!(
-                        "POST /route needs a {} header with the steps, e.g. \"edit log process\"",
-                        route::ROUTE_HEADER
-                    ),
-                )
-            })?;
-            // Clients' stacks are bounded by max_stack_depth; a peer's
-            // stack was checked where it grew.
-            let depth = if peer.is_some() {
-                u32::MAX
-            } else {
-                bounds.max_stack_depth
-            };
-            let stack = Stack::parse(raw, depth).map_err(|e| client_route_problem(&e))?;
-            // Every step must be known before anything runs.
-            route::check_known(topo, stack.steps()).map_err(|e| client_route_problem(&e))?;
-            stack
-        }
-        _ => {
-            return Err(Problem::new(
-                ProblemKind::Internal,
-                "a request that is not a routed event reached the route handler",
-            ))
-        }
-    };
+    let stack = stack_of(call)?;
     if call.early && !route::retryable(topo, &stack) {
         return Err(Problem::new(
             ProblemKind::TooEarly,
@@ -113,16 +74,7 @@ pub(super) async fn handle<B: RequestBody>(
         Some(t) => t.child(rand::random()),
         None => Trace::root(rand::random(), rand::random()),
     };
-    let orchestrated = match call.header(MODE_HEADER).map(str::trim) {
-        None | Some("source") => false,
-        Some("orchestrated") => peer.is_none(),
-        Some(other) => {
-            return Err(Problem::new(
-                ProblemKind::BadRequest,
-                format!("{MODE_HEADER}: {other:?} is neither \"source\" nor \"orchestrated\""),
-            ))
-        }
-    };
+    let orchestrated = orchestrated(call)?;
     pipeline::check_length(shared, call)?;
     let event = pipeline::read_payload(shared, call, body).await?;
     let content_type = call
@@ -149,7 +101,7 @@ pub(super) async fn handle<B: RequestBody>(
         started: call.started,
     };
     let result = run.go().await;
-    if peer.is_none() {
+    if call.peer.is_none() {
         let outcome = match &result {
             Ok((head, _)) if head.status().is_success() => "ok",
             Ok(_) => "error",
@@ -158,6 +110,61 @@ pub(super) async fn handle<B: RequestBody>(
         crate::metrics::route(&shared.edge_name, outcome, call.started.elapsed());
     }
     result
+}
+
+/// The route's stack: an event type's entry steps, or a client's (or
+/// peer's) `fnroute-route` header, every step known before anything runs.
+fn stack_of(call: &Call) -> Result<Stack, Problem> {
+    let topo = call.topology.as_ref();
+    match &call.target {
+        Target::Event(kind) => {
+            let entry = topo.routing.events.get(kind).ok_or_else(|| {
+                Problem::new(
+                    ProblemKind::UnknownEvent,
+                    format!("unknown event type {kind:?}; the topology's [[event]] tables define the types"),
+                )
+            })?;
+            Ok(Stack::new(entry.iter().cloned()))
+        }
+        Target::Stack => {
+            let raw = call.header(route::ROUTE_HEADER).ok_or_else(|| {
+                Problem::new(
+                    ProblemKind::BadRequest,
+                    format!(
+                        "POST /route needs a {} header with the steps, e.g. \"edit log process\"",
+                        route::ROUTE_HEADER
+                    ),
+                )
+            })?;
+            // Clients' stacks are bounded by max_stack_depth; a peer's
+            // stack was checked where it grew.
+            let depth = if call.peer.is_some() {
+                u32::MAX
+            } else {
+                topo.routing.bounds.max_stack_depth
+            };
+            let stack = Stack::parse(raw, depth).map_err(|e| client_route_problem(&e))?;
+            route::check_known(topo, stack.steps()).map_err(|e| client_route_problem(&e))?;
+            Ok(stack)
+        }
+        _ => Err(Problem::new(
+            ProblemKind::Internal,
+            "a request that is not a routed event reached the route handler",
+        )),
+    }
+}
+
+/// `fnroute-route-mode`: source routing (the default) or orchestrated
+/// (clients only: a peer's hop is always source-routed).
+fn orchestrated(call: &Call) -> Result<bool, Problem> {
+    match call.header(MODE_HEADER).map(str::trim) {
+        None | Some("source") => Ok(false),
+        Some("orchestrated") => Ok(call.peer.is_none()),
+        Some(other) => Err(Problem::new(
+            ProblemKind::BadRequest,
+            format!("{MODE_HEADER}: {other:?} is neither \"source\" nor \"orchestrated\""),
+        )),
+    }
 }
 
 /// Problems with a client's stack: 400, before anything runs.
@@ -210,11 +217,10 @@ impl Run<'_> {
         self.fail(Problem::new(kind, detail), step.as_deref())
     }
 
+    /// Runs the steps this edge takes, then hands the rest on (or answers
+    /// when the stack is empty).
     async fn go(mut self) -> Result<Reply, Problem> {
-        let shared = self.shared;
         let topo = self.topo;
-        let bounds = topo.routing.bounds;
-        let dispatch = shared.cx.dispatch.as_deref();
         // A step whose local pool was full: hand it to a peer instead.
         let mut elsewhere = false;
         loop {
@@ -223,98 +229,114 @@ impl Run<'_> {
                 Ok(None) => return self.done(),
                 Err(e) => return Err(self.route_error(e)),
             };
-            let step = f.name.clone();
-            let now = Instant::now();
-            if now >= self.deadline {
-                return Err(self.fail(
-                    Problem::new(
-                        ProblemKind::DeadlineExceeded,
-                        format!(
-                            "the route's deadline passed before step {step:?} on edge {:?}",
-                            self.edge()
-                        ),
-                    ),
-                    Some(&step),
-                ));
+            if Instant::now() >= self.deadline {
+                let detail = format!(
+                    "the route's deadline passed before step {:?} on edge {:?}",
+                    f.name,
+                    self.edge()
+                );
+                let p = Problem::new(ProblemKind::DeadlineExceeded, detail);
+                return Err(self.fail(p, Some(&f.name)));
             }
-            let hosted = shared.cx.exec.function(&step).is_some();
-            let local = hosted
-                && match dispatch {
-                    None => true,
-                    Some(_) => {
-                        self.hops >= bounds.max_hops
-                            || !(elsewhere
-                                || Dispatcher::saturated(&shared.cx.exec, f, topo.executors.queue))
-                    }
-                };
+            let here = self.runs_here(f, elsewhere);
             elsewhere = false;
-            if !local {
-                let Some(d) = dispatch else {
-                    return Err(self.fail(
-                        Problem::new(
-                            ProblemKind::NoEdge,
-                            format!(
-                                "step {step:?} is not hosted on edge {:?} and this edge has no mesh to forward it",
-                                self.edge()
-                            ),
-                        ),
-                        Some(&step),
-                    ));
-                };
-                crate::metrics::route_step(self.edge(), &step, MetricPath::Forwarded);
-                if self.orchestrated {
-                    self.stack.pop();
-                    if let Err(e) = self.progress.begin_step(&bounds, &step) {
-                        return Err(self.route_error(e));
-                    }
-                    let reply = self.call_remote(d, f).await?;
-                    if reply.status != 200 {
-                        return self.relay(reply);
-                    }
-                    let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
-                    let ct = reply
-                        .headers
-                        .get(header::CONTENT_TYPE)
-                        .cloned()
-                        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
-                    self.path.push(route::path_entry(&step, &ran_on));
-                    self.last_edge = ran_on;
-                    self.apply(f, reply.body, ct)?;
-                    continue;
+            if !here {
+                match self.step_elsewhere(f).await? {
+                    Some(reply) => return Ok(reply),
+                    None => continue,
                 }
-                return self.hand_on(d, f).await;
             }
-            self.stack.pop();
-            if let Err(e) = self.progress.begin_step(&bounds, &step) {
-                return Err(self.route_error(e));
+            elsewhere = self.step_here(f).await?;
+        }
+    }
+
+    /// Whether step `f` runs on this edge: hosted here, and (with a mesh)
+    /// its pool has room or the hop limit leaves no choice.
+    fn runs_here(&self, f: &Function, spilled: bool) -> bool {
+        let cx = &self.shared.cx;
+        if cx.exec.function(&f.name).is_none() {
+            return false;
+        }
+        match cx.dispatch {
+            None => true,
+            Some(_) => {
+                self.hops >= self.topo.routing.bounds.max_hops
+                    || !(spilled || Dispatcher::saturated(&cx.exec, f, self.topo.executors.queue))
             }
-            crate::metrics::route_step(self.edge(), &step, MetricPath::Local);
-            match self.run_local(f).await {
-                Ok(out) => {
-                    self.path.push(route::path_entry(&step, self.edge()));
-                    self.last_edge = self.edge().to_string();
-                    self.apply(f, out.body, out.content_type)?;
-                }
-                Err(p)
-                    if p.kind == ProblemKind::FunctionSaturated
-                        && dispatch.is_some()
-                        && f.edges.len() > 1
-                        && self.hops < bounds.max_hops =>
-                {
-                    // Spill-over: the pool filled up meanwhile.
-                    self.stack.push(step);
-                    self.progress.steps -= 1;
-                    elsewhere = true;
-                }
-                Err(p) => {
-                    let detail = format!(
-                        "step {step:?} failed on edge {:?}: {}",
-                        self.edge(),
-                        p.detail
-                    );
-                    let p = Problem { detail, ..p };
-                    return Err(self.fail(p, Some(&step)));
-                }
+        }
+    }
+
+    /// Step `f` on another edge: orchestrated, one call and the route goes
+    /// on here (`None`); source routed, the rest of the route goes with it
+    /// and its answer is the answer.
+    async fn step_elsewhere(&mut self, f: &Function) -> Result<Option<Reply>, Problem> {
+        let step = f.name.as_str();
+        let Some(d) = self.shared.cx.dispatch.as_deref() else {
+            let detail = format!(
+                "step {step:?} is not hosted on edge {:?} and this edge has no mesh to forward it",
+                self.edge()
+            );
+            return Err(self.fail(Problem::new(ProblemKind::NoEdge, detail), Some(step)));
+        };
+        crate::metrics::route_step(self.edge(), step, MetricPath::Forwarded);
+        if !self.orchestrated {
+            return self.hand_on(d, f).await.map(Some);
+        }
+        self.stack.pop();
+        let bounds = self.topo.routing.bounds;
+        if let Err(e) = self.progress.begin_step(&bounds, step) {
+            return Err(self.route_error(e));
+        }
+        let reply = self.call_remote(d, f).await?;
+        if reply.status != 200 {
+            return self.relay(reply).map(Some);
+        }
+        let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
+        let ct = reply
+            .headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+        self.path.push(route::path_entry(step, &ran_on));
+        self.last_edge = ran_on;
+        self.apply(f, reply.body, ct)?;
+        Ok(None)
+    }
+
+    /// Step `f` on this edge. `Ok(true)`: the pool filled up meanwhile and
+    /// the step is back on the stack for a peer (spill-over).
+    async fn step_here(&mut self, f: &Function) -> Result<bool, Problem> {
+        let step = f.name.as_str();
+        let bounds = self.topo.routing.bounds;
+        self.stack.pop();
+        if let Err(e) = self.progress.begin_step(&bounds, step) {
+            return Err(self.route_error(e));
+        }
+        crate::metrics::route_step(self.edge(), step, MetricPath::Local);
+        match self.run_local(f).await {
+            Ok(out) => {
+                self.path.push(route::path_entry(step, self.edge()));
+                self.last_edge = self.edge().to_string();
+                self.apply(f, out.body, out.content_type)?;
+                Ok(false)
+            }
+            Err(p)
+                if p.kind == ProblemKind::FunctionSaturated
+                    && self.shared.cx.dispatch.is_some()
+                    && f.edges.len() > 1
+                    && self.hops < bounds.max_hops =>
+            {
+                self.stack.push(step.to_string());
+                self.progress.steps -= 1;
+                Ok(true)
+            }
+            Err(p) => {
+                let detail = format!(
+                    "step {step:?} failed on edge {:?}: {}",
+                    self.edge(),
+                    p.detail
+                );
+                Err(self.fail(Problem { detail, ..p }, Some(step)))
             }
         }
     }

@@ -220,43 +220,51 @@ impl Drop for Counted {
     }
 }
 
+/// A handshake still to complete on a connection already in use (0-RTT):
+/// quinn's report of it, and the handshake's place in the count.
+type Pending = (std::pin::Pin<Box<quinn::ZeroRttAccepted>>, Counted);
+
+/// Accepts a connection: the handshake completed, or (with 0-RTT) the
+/// connection usable at once with its handshake pending. `None` if it failed.
+async fn accept(
+    shared: &Arc<Shared>,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Connection, Option<Pending>)> {
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed");
+            return None;
+        }
+    };
+    let counted = Counted::new(shared.clone(), Which::Handshaking);
+    let connecting = if shared.settings.enable_0rtt {
+        match connecting.into_0rtt() {
+            Ok((conn, done)) => return Some((conn, Some((Box::pin(done), counted)))),
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    let c = connecting.await;
+    drop(counted);
+    match c {
+        Ok(c) => Some((c, None)),
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            None
+        }
+    }
+}
+
 async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Counted) {
     let remote = incoming.remote_address();
     let span = tracing::debug_span!("conn", %remote);
     async move {
-        let connecting = match incoming.accept() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "connection failed");
-                return;
-            }
-        };
-        let counted = Counted::new(shared.clone(), Which::Handshaking);
-        // `confirmed` is None when the connection is only used after the
-        // handshake; with 0-RTT it turns true once the handshake completes.
         // With 0-RTT the connection is used before the handshake completes;
         // `handshake` then holds the future that resolves when it does.
-        let (conn, mut handshake) = if shared.settings.enable_0rtt {
-            match connecting.into_0rtt() {
-                Ok((conn, done)) => (conn, Some((Box::pin(done), counted))),
-                Err(connecting) => match connecting.await {
-                    Ok(c) => (c, None),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "handshake failed");
-                        return;
-                    }
-                },
-            }
-        } else {
-            let c = connecting.await;
-            drop(counted);
-            match c {
-                Ok(c) => (c, None),
-                Err(e) => {
-                    tracing::debug!(error = %e, "handshake failed");
-                    return;
-                }
-            }
+        let Some((conn, mut handshake)) = accept(&shared, incoming).await else {
+            return;
         };
         let mut h3c: H3Conn = match h3::server::builder()
             .max_field_section_size(u64::from(shared.settings.max_header_bytes))
@@ -308,29 +316,8 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                     break;
                 }
                 Next::Request(Ok(Some(resolver))) => {
-                    // 0-RTT soundness: a replayed ClientHello with its early
-                    // data can never complete the handshake (the attacker
-                    // lacks the resumption secret for the client Finished).
-                    // So a request accepted after this connection's handshake
-                    // completed is not a replay; one accepted before may be,
-                    // and only idempotent functions may run from it (others
-                    // get 425 and the client retries after the handshake).
                     let early = handshake.is_some();
-                    // An authenticated cluster peer (its certificate chained
-                    // to the cluster CA in the handshake); known only once
-                    // the handshake completed.
-                    let peer = if early {
-                        None
-                    } else {
-                        shared
-                            .cx
-                            .dispatch
-                            .as_ref()
-                            .and_then(|d| d.mesh.cluster.peer_edge(&conn))
-                    };
-                    // Boxed: the request future is over 2 KiB, and spawning
-                    // copies a future several times on its way into the task.
-                    requests.spawn(Box::pin(request(shared.clone(), resolver, early, peer)));
+                    spawn_request(&shared, &conn, &requests, resolver, early);
                 }
                 Next::Request(Ok(None)) => break,
                 Next::Request(Err(e)) => {
@@ -339,20 +326,57 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
                 }
             }
         }
-        requests.close();
-        requests.wait().await;
-        if shared.token.is_cancelled() {
-            // Closing discards stream data not yet acknowledged, and quinn
-            // does not say when a finished stream is acknowledged: give the
-            // last responses a few round trips (or until the client closes).
-            let linger = (conn.rtt() * 4).clamp(LINGER_MIN, LINGER_MAX);
-            let _ = tokio::time::timeout(linger, conn.closed()).await;
-        }
+        finish(&shared, &conn, requests).await;
         // Dropping the h3 connection closes it with H3_NO_ERROR.
         drop(h3c);
     }
     .instrument(span)
     .await
+}
+
+/// Starts a task for one request of `conn`.
+///
+/// 0-RTT soundness: a replayed ClientHello with its early data can never
+/// complete the handshake (the attacker lacks the resumption secret for
+/// the client Finished). So a request accepted after this connection's
+/// handshake completed is not a replay; one accepted before (`early`) may
+/// be, and only idempotent functions may run from it (others get 425 and
+/// the client retries after the handshake).
+fn spawn_request(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    requests: &TaskTracker,
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    early: bool,
+) {
+    // An authenticated cluster peer (its certificate chained to the
+    // cluster CA in the handshake); known only once the handshake completed.
+    let peer = if early {
+        None
+    } else {
+        shared
+            .cx
+            .dispatch
+            .as_ref()
+            .and_then(|d| d.mesh.cluster.peer_edge(conn))
+    };
+    // Boxed: the request future is over 2 KiB, and spawning copies a
+    // future several times on its way into the task.
+    requests.spawn(Box::pin(request(shared.clone(), resolver, early, peer)));
+}
+
+/// Waits for the connection's requests; when the front door is shutting
+/// down, lingers a little so that the last responses arrive.
+async fn finish(shared: &Shared, conn: &quinn::Connection, requests: TaskTracker) {
+    requests.close();
+    requests.wait().await;
+    if shared.token.is_cancelled() {
+        // Closing discards stream data not yet acknowledged, and quinn
+        // does not say when a finished stream is acknowledged: give the
+        // last responses a few round trips (or until the client closes).
+        let linger = (conn.rtt() * 4).clamp(LINGER_MIN, LINGER_MAX);
+        let _ = tokio::time::timeout(linger, conn.closed()).await;
+    }
 }
 
 /// What woke the connection loop.
