@@ -50,8 +50,43 @@ pub enum DispatchError {
     HopLimit(u32),
     #[error("deadline passed while forwarding")]
     Deadline,
-    #[error("forwarding to {peer} failed: {message}")]
-    Failed { peer: String, message: String },
+    #[error("forwarding to {peer} failed: {cause}")]
+    Failed {
+        peer: String,
+        #[source]
+        cause: AttemptError,
+    },
+}
+
+/// Why one forwarding attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AttemptError {
+    #[error("peer is ejected")]
+    Ejected,
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connection closed")]
+    Closed,
+    #[error("timed out")]
+    Timeout,
+    #[error("peer answered 503")]
+    Unavailable,
+    /// The mesh transport's error (shared: an attempt's error is kept as
+    /// the last one while other peers are tried).
+    #[error(transparent)]
+    Transport(Arc<ClientError>),
+}
+
+impl AttemptError {
+    /// Whether the request may have reached the peer (so only an
+    /// idempotent function may be sent again elsewhere).
+    pub fn maybe_sent(&self) -> bool {
+        match self {
+            AttemptError::Ejected | AttemptError::ConnectTimeout | AttemptError::Closed => false,
+            AttemptError::Timeout | AttemptError::Unavailable => true,
+            AttemptError::Transport(e) => !matches!(**e, ClientError::Connect { .. }),
+        }
+    }
 }
 
 /// One invocation to forward.
@@ -130,9 +165,9 @@ pub fn order(
 enum Attempt {
     Done(Reply),
     /// Failed before the request could have reached the peer.
-    NotSent(String),
+    NotSent(AttemptError),
     /// Failed after it may have reached the peer (reset, timeout, 503).
-    MaybeSent(String, Option<Reply>),
+    MaybeSent(AttemptError, Option<Reply>),
 }
 
 impl Dispatcher {
@@ -251,19 +286,13 @@ impl Dispatcher {
             let name = self.mesh.peer_name(peer).to_string();
             match self.attempt(peer, &fwd, attempt_deadline).await {
                 Attempt::Done(reply) => return Ok(reply),
-                Attempt::NotSent(message) => {
-                    tracing::debug!(peer = %name, %message, "forward not sent; trying the next edge");
-                    last = Some(DispatchError::Failed {
-                        peer: name,
-                        message,
-                    });
+                Attempt::NotSent(cause) => {
+                    tracing::debug!(peer = %name, error = %cause, "forward not sent; trying the next edge");
+                    last = Some(DispatchError::Failed { peer: name, cause });
                 }
-                Attempt::MaybeSent(message, reply) => {
-                    tracing::debug!(peer = %name, %message, idempotent, "forward failed");
-                    let err = DispatchError::Failed {
-                        peer: name,
-                        message,
-                    };
+                Attempt::MaybeSent(cause, reply) => {
+                    tracing::debug!(peer = %name, error = %cause, idempotent, "forward failed");
+                    let err = DispatchError::Failed { peer: name, cause };
                     if !idempotent {
                         return match reply {
                             Some(r) => Ok(r),
@@ -304,7 +333,7 @@ impl Dispatcher {
             .with_stats(peer, |s| s.outlier.admit(now))
             .unwrap_or(false)
         {
-            return Attempt::NotSent("peer is ejected".into());
+            return Attempt::NotSent(AttemptError::Ejected);
         }
         mesh.with_stats(peer, |s| s.ewma.start());
         let started = Instant::now();
@@ -338,13 +367,13 @@ impl Dispatcher {
 
     async fn send(&self, peer: EdgeId, fwd: &Forward, deadline: Instant) -> Attempt {
         let conn = match tokio::time::timeout_at(deadline, self.mesh.connection(peer)).await {
-            Err(_) => return Attempt::NotSent("connect timed out".into()),
-            Ok(Err(e)) => return Attempt::NotSent(e.to_string()),
+            Err(_) => return Attempt::NotSent(AttemptError::ConnectTimeout),
+            Ok(Err(e)) => return Attempt::NotSent(AttemptError::Transport(Arc::new(e))),
             Ok(Ok(c)) => c,
         };
         if conn.quic().close_reason().is_some() {
             self.mesh.drop_connection(peer, &conn);
-            return Attempt::NotSent("connection closed".into());
+            return Attempt::NotSent(AttemptError::Closed);
         }
         // SIMULATION ONLY: half the emulated round trip on the way there,
         // half on the way back (the deadline still applies).
@@ -383,18 +412,20 @@ impl Dispatcher {
                 .await;
         }
         match sent {
-            Err(_) => Attempt::MaybeSent("timed out".into(), None),
+            Err(_) => Attempt::MaybeSent(AttemptError::Timeout, None),
             Ok(Err(e)) => {
                 if conn.quic().close_reason().is_some() {
                     self.mesh.drop_connection(peer, &conn);
                 }
-                match e {
-                    // Opening the stream failed: nothing reached the peer.
-                    ClientError::Connect { .. } => Attempt::NotSent(e.to_string()),
-                    e => Attempt::MaybeSent(e.to_string(), None),
+                // Opening the stream failed: nothing reached the peer.
+                let e = AttemptError::Transport(Arc::new(e));
+                if e.maybe_sent() {
+                    Attempt::MaybeSent(e, None)
+                } else {
+                    Attempt::NotSent(e)
                 }
             }
-            Ok(Ok(r)) if r.status == 503 => Attempt::MaybeSent("peer answered 503".into(), Some(r)),
+            Ok(Ok(r)) if r.status == 503 => Attempt::MaybeSent(AttemptError::Unavailable, Some(r)),
             Ok(Ok(r)) => Attempt::Done(r),
         }
     }

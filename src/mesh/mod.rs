@@ -337,7 +337,11 @@ impl Mesh {
     }
 
     /// Records one probe outcome of `peer`.
-    pub fn record_probe(&self, peer: EdgeId, result: Result<(HealthReport, Duration), String>) {
+    pub fn record_probe(
+        &self,
+        peer: EdgeId,
+        result: Result<(HealthReport, Duration), probe::ProbeError>,
+    ) {
         let h = self.hysteresis();
         let name = self.peer_name(peer);
         let now = Instant::now();

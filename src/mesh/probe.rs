@@ -163,18 +163,35 @@ impl Prober {
     }
 }
 
+/// Why a probe of a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("connecting: {0}")]
+    Connect(#[source] crate::mesh::transport::ClientError),
+    #[error("sending: {0}")]
+    Send(#[source] crate::mesh::transport::ClientError),
+    #[error("no health answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("health answered {0}")]
+    Status(u16),
+    #[error("bad health document: {0}")]
+    Document(#[source] serde_json::Error),
+}
+
 /// One probe: `GET /health`, bounded by `probe_timeout`.
 async fn probe(
     mesh: &Mesh,
     peer: usize,
     interval: Duration,
-) -> Result<(HealthReport, Duration), String> {
+) -> Result<(HealthReport, Duration), ProbeError> {
     let limit = probe_timeout(interval);
     let deadline = Instant::now() + limit;
     let conn = tokio::time::timeout_at(deadline, mesh.connection(peer))
         .await
-        .map_err(|_| format!("connect timed out after {limit:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ProbeError::ConnectTimeout(limit))?
+        .map_err(ProbeError::Connect)?;
     let req = Request {
         method: http::Method::GET,
         path: "/health".into(),
@@ -188,16 +205,15 @@ async fn probe(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             mesh.drop_connection(peer, &conn);
-            return Err(e.to_string());
+            return Err(ProbeError::Send(e));
         }
-        Err(_) => return Err(format!("no health answer within {limit:?}")),
+        Err(_) => return Err(ProbeError::NoAnswer(limit)),
     };
     let rtt = started.elapsed();
     if reply.status != 200 {
-        return Err(format!("health answered {}", reply.status));
+        return Err(ProbeError::Status(reply.status));
     }
-    let report: HealthReport =
-        serde_json::from_slice(&reply.body).map_err(|e| format!("bad health document: {e}"))?;
+    let report: HealthReport = serde_json::from_slice(&reply.body).map_err(ProbeError::Document)?;
     Ok((report, rtt))
 }
 

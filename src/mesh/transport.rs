@@ -17,20 +17,29 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[source] BoxError),
     #[error("reading {path}: {message}")]
     Ca { path: PathBuf, message: String },
     #[error("quic endpoint: {0}")]
-    Endpoint(std::io::Error),
-    #[error("connecting to {addr}: {message}")]
-    Connect { addr: SocketAddr, message: String },
+    Endpoint(#[source] std::io::Error),
+    /// The connection could not be made (nothing reached the server).
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: BoxError,
+    },
     #[error("http/3: {0}")]
-    H3(String),
+    H3(#[source] BoxError),
     #[error("bad request: {0}")]
     Request(String),
     #[error("dns: {0}")]
     Dns(String),
 }
+
+/// The error underneath (quinn's, h3's, rustls's): kept for `source()`;
+/// each variant's message already includes it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which server certificates to trust.
 #[derive(Debug, Clone)]
@@ -55,7 +64,7 @@ impl Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| ClientError::Tls(Box::new(e)))?;
         let mut tls = match trust {
             Trust::Insecure => builder
                 .dangerous()
@@ -83,7 +92,7 @@ impl Client {
         tls.alpn_protocols = vec![b"h3".to_vec()];
         tls.enable_early_data = true;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| ClientError::Tls(Box::new(e)))?;
         let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
         Ok(Self { endpoint })
@@ -103,16 +112,13 @@ impl Client {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<Connection, ClientError> {
-        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
-            addr,
-            message: e.to_string(),
-        };
+        let err = |e: BoxError| ClientError::Connect { addr, source: e };
         let conn = self
             .endpoint
             .connect(addr, server_name)
-            .map_err(|e| err(&e))?
+            .map_err(|e| err(Box::new(e)))?
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(Box::new(e)))?;
         Connection::new(conn, server_name).await
     }
 
@@ -125,18 +131,15 @@ impl Client {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<(Connection, bool), ClientError> {
-        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
-            addr,
-            message: e.to_string(),
-        };
+        let err = |e: BoxError| ClientError::Connect { addr, source: e };
         let connecting = self
             .endpoint
             .connect(addr, server_name)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(Box::new(e)))?;
         match connecting.into_0rtt() {
             Ok((conn, _accepted)) => Ok((Connection::new(conn, server_name).await?, true)),
             Err(connecting) => {
-                let conn = connecting.await.map_err(|e| err(&e))?;
+                let conn = connecting.await.map_err(|e| err(Box::new(e)))?;
                 Ok((Connection::new(conn, server_name).await?, false))
             }
         }
@@ -222,7 +225,7 @@ impl Connection {
     async fn new(quic: quinn::Connection, server_name: &str) -> Result<Self, ClientError> {
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
             .await
-            .map_err(|e| ClientError::H3(e.to_string()))?;
+            .map_err(|e| ClientError::H3(Box::new(e)))?;
         let driver = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
@@ -263,7 +266,7 @@ impl Connection {
         let mut stream = sender
             .send_request(head)
             .await
-            .map_err(|e| ClientError::H3(e.to_string()))?;
+            .map_err(|e| ClientError::H3(Box::new(e)))?;
         let sent: Result<(), h3::error::StreamError> = async {
             for (i, c) in req.chunks.into_iter().enumerate() {
                 if i > 0 {
@@ -279,9 +282,9 @@ impl Connection {
         let resp = match stream.recv_response().await {
             Ok(r) => r,
             Err(e) => {
-                let e = match sent {
-                    Err(s) => format!("{s}; then {e}"),
-                    Ok(()) => e.to_string(),
+                let e: BoxError = match sent {
+                    Err(s) => format!("{s}; then {e}").into(),
+                    Ok(()) => Box::new(e),
                 };
                 return Err(ClientError::H3(e));
             }
@@ -290,7 +293,7 @@ impl Connection {
         while let Some(mut chunk) = stream
             .recv_data()
             .await
-            .map_err(|e| ClientError::H3(e.to_string()))?
+            .map_err(|e| ClientError::H3(Box::new(e)))?
         {
             while chunk.has_remaining() {
                 let c = chunk.chunk();
