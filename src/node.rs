@@ -254,20 +254,6 @@ impl Fleet {
         let mut quic_addrs = Vec::new();
         let mut dns_addrs = Vec::new();
         for b in bound {
-            let hosted: Vec<&str> = topology
-                .functions
-                .iter()
-                .filter(|f| f.hosted_on(b.cx.edge))
-                .map(|f| f.name.as_str())
-                .collect();
-            tracing::info!(
-                edge = %b.cx.name(),
-                dns = %b.dns.local_addr(),
-                quic = %b.frontdoor.local_addr(),
-                admin = %b.admin_addr,
-                functions = ?hosted,
-                "edge started"
-            );
             admin.push(b.admin_addr);
             dns_addrs.push(b.dns.local_addr());
             quic_addrs.push(b.frontdoor.local_addr());
@@ -295,6 +281,25 @@ impl Fleet {
                     d.mesh.set_peer_addr(other.edge, *addr);
                 }
             }
+        }
+        // Said once everything answers, reloads included (a reload before
+        // the contexts are set would be refused as "still starting").
+        let bound_addrs = dns_addrs.iter().zip(&quic_addrs).zip(&admin);
+        for (cx, ((dns, quic), admin)) in contexts.iter().zip(bound_addrs) {
+            let hosted: Vec<&str> = topology
+                .functions
+                .iter()
+                .filter(|f| f.hosted_on(cx.edge))
+                .map(|f| f.name.as_str())
+                .collect();
+            tracing::info!(
+                edge = %cx.name(),
+                %dns,
+                %quic,
+                %admin,
+                functions = ?hosted,
+                "edge started"
+            );
         }
         Ok(Self {
             topology,
