@@ -13,6 +13,7 @@ pub mod dns;
 pub mod exec;
 pub mod frontdoor;
 pub mod geo;
+pub mod headers;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -784,13 +784,13 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
             req.path = format!("/event/{t}");
         } else if let Some(r) = &args.route {
             req.path = "/route".to_string();
-            req = req.header(crate::route::ROUTE_HEADER, r);
+            req = req.header(crate::headers::ROUTE_HEADER, r);
         }
         if routed && args.orchestrated {
             req = req.header(crate::route::MODE_HEADER, "orchestrated");
         }
         if let Some(ms) = args.timeout_ms {
-            req = req.header(crate::frontdoor::limits::TIMEOUT_HEADER, &ms.to_string());
+            req = req.header(crate::headers::TIMEOUT_HEADER, &ms.to_string());
         }
         let reply = conn
             .send(req)

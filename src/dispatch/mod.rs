@@ -24,22 +24,7 @@ use crate::mesh::{LiveView, Mesh};
 use crate::placement::{self, Class};
 use budget::RetryBudget;
 
-/// Internal headers: honoured only from authenticated cluster peers and
-/// never taken from clients.
-pub const HOP_HEADER: &str = "fnroute-hop";
-pub const DEADLINE_HEADER: &str = "fnroute-deadline-ms";
-pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
-pub const TRACE_HEADER: &str = "traceparent";
-/// Reserved for the route stack (function source routing).
-pub const ROUTE_HEADER: &str = "fnroute-route";
-/// Every internal header.
-pub const INTERNAL_HEADERS: [&str; 5] = [
-    HOP_HEADER,
-    DEADLINE_HEADER,
-    REQUEST_ID_HEADER,
-    TRACE_HEADER,
-    ROUTE_HEADER,
-];
+use crate::headers::{DEADLINE_HEADER, HOP_HEADER, REQUEST_ID_HEADER, TRACE_HEADER};
 
 /// Why an invocation could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -392,8 +377,8 @@ impl Dispatcher {
                 let mut req = Request::invoke(&fwd.function, fwd.payload.clone());
                 req.path = "/route".to_string();
                 req = req
-                    .header(crate::route::ROUTE_HEADER, &r.stack)
-                    .header(crate::route::PROGRESS_HEADER, &r.progress);
+                    .header(crate::headers::ROUTE_HEADER, &r.stack)
+                    .header(crate::headers::PROGRESS_HEADER, &r.progress);
                 if let Some(ct) = &r.content_type {
                     req = req.header("content-type", ct);
                 }

@@ -11,8 +11,7 @@ pub const RETRY_HANDSHAKES: usize = 64;
 /// gets 503: short and bounded, never an unbounded queue.
 pub const ADMISSION_WAIT: Duration = Duration::from_millis(50);
 
-/// Header a client may use to shorten the function's deadline.
-pub const TIMEOUT_HEADER: &str = "fnroute-timeout-ms";
+pub use crate::headers::TIMEOUT_HEADER;
 
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

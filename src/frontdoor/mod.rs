@@ -29,20 +29,7 @@ use crate::tls;
 pub use crate::tls::CertFiles;
 pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
 
-/// Response header naming the edge that handled the request.
-pub const EDGE_HEADER: &str = "fnroute-edge";
-/// Whether the response cache answered: `hit`, `miss`, `stale` or
-/// `coalesced` (only for functions with a cache policy).
-pub const CACHE_HEADER: &str = "fnroute-cache";
-/// Response header carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
-
-// The same names as `HeaderName`s: built at compile time, so a response
-// neither parses nor allocates them (`&str` names do both, every time).
-pub(crate) const EDGE: http::HeaderName = http::HeaderName::from_static(EDGE_HEADER);
-pub(crate) const CACHE: http::HeaderName = http::HeaderName::from_static(CACHE_HEADER);
-pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
-pub(crate) const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+pub use crate::headers::{CACHE_HEADER, EDGE_HEADER, REQUEST_ID_HEADER};
 
 /// Why the front door could not start.
 #[derive(Debug, thiserror::Error)]

@@ -120,14 +120,14 @@ impl Call {
         };
         let number = |h: &str| internal_str(h).and_then(|v| v.trim().parse::<u64>().ok());
         let internal = Internal {
-            hops: number(crate::dispatch::HOP_HEADER)
+            hops: number(crate::headers::HOP_HEADER)
                 .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
                 .unwrap_or(0),
-            deadline_ms: number(crate::dispatch::DEADLINE_HEADER),
-            trace: internal_str(crate::dispatch::TRACE_HEADER).map(str::to_string),
-            progress: internal_str(crate::route::PROGRESS_HEADER).map(str::to_string),
+            deadline_ms: number(crate::headers::DEADLINE_HEADER),
+            trace: internal_str(crate::headers::TRACE_HEADER).map(str::to_string),
+            progress: internal_str(crate::headers::PROGRESS_HEADER).map(str::to_string),
         };
-        let id = internal_str(crate::dispatch::REQUEST_ID_HEADER)
+        let id = internal_str(crate::headers::REQUEST_ID_HEADER)
             .filter(|v| {
                 !v.is_empty()
                     && v.len() <= 64
@@ -402,7 +402,10 @@ async fn forward(
             b = b.header(h, v.clone());
         }
     }
-    for h in ["server-timing", crate::route::PATH_HEADER] {
+    for h in [
+        crate::headers::SERVER_TIMING.as_str(),
+        crate::headers::PATH_HEADER,
+    ] {
         if let Some(v) = reply.headers.get(h) {
             b = b.header(h, v.clone());
         }
@@ -562,15 +565,15 @@ fn respond(
     let mut head = Response::new(());
     let h = head.headers_mut();
     h.reserve(8);
-    h.insert(super::EDGE, shared.edge_value.clone());
+    h.insert(crate::headers::EDGE, shared.edge_value.clone());
     if let Some(v) = id_value(&call.id) {
-        h.insert(super::REQUEST_ID, v);
+        h.insert(crate::headers::REQUEST_ID, v);
     }
     h.insert(header::CONTENT_TYPE, reply.content_type.clone());
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
-    h.insert(super::SERVER_TIMING, timing);
+    h.insert(crate::headers::SERVER_TIMING, timing);
     if let Some(s) = status.filter(|s| *s != CacheStatus::Bypass) {
-        h.insert(super::CACHE, HeaderValue::from_static(s.as_str()));
+        h.insert(crate::headers::CACHE, HeaderValue::from_static(s.as_str()));
         if s != CacheStatus::Miss {
             // `age: 0` is a single byte on the wire (QPACK static table).
             let age = match age {
@@ -693,10 +696,10 @@ pub(crate) fn body_problem(e: BodyError, settings: &QuicSettings) -> Problem {
 pub(crate) fn base_response(status: StatusCode, edge: &str, id: &str) -> http::response::Builder {
     let mut b = Response::builder().status(status);
     if let Ok(v) = HeaderValue::from_str(edge) {
-        b = b.header(super::EDGE, v);
+        b = b.header(crate::headers::EDGE, v);
     }
     if let Some(v) = id_value(id) {
-        b = b.header(super::REQUEST_ID, v);
+        b = b.header(crate::headers::REQUEST_ID, v);
     }
     b
 }
@@ -720,7 +723,7 @@ pub(super) fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
         b = b.header(header::ALLOW, "POST");
     }
     if let Some(v) = p.route_path().and_then(|v| HeaderValue::from_str(v).ok()) {
-        b = b.header(crate::route::PATH_HEADER, v);
+        b = b.header(crate::headers::PATH_HEADER, v);
     }
     let head = b.body(()).unwrap_or_else(|_| {
         let mut r = Response::new(());

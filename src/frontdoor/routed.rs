@@ -456,7 +456,7 @@ impl Run<'_> {
         let path = route::join_path(&self.path, reply.header(PATH_HEADER));
         let mut b = base_response(status, &ran_on, self.id)
             .header(header::CONTENT_LENGTH, reply.body.len())
-            .header(crate::dispatch::TRACE_HEADER, self.trace.header());
+            .header(crate::headers::TRACE_HEADER, self.trace.header());
         if let Ok(v) = HeaderValue::from_str(&path) {
             b = b.header(PATH_HEADER, v);
         }
@@ -465,7 +465,7 @@ impl Run<'_> {
                 b = b.header(h, v.clone());
             }
         }
-        b = b.header("server-timing", self.total());
+        b = b.header(crate::headers::SERVER_TIMING, self.total());
         let head = b
             .body(())
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
@@ -485,8 +485,8 @@ impl Run<'_> {
         let mut b = base_response(StatusCode::OK, &self.last_edge, self.id)
             .header(header::CONTENT_TYPE, self.content_type.clone())
             .header(header::CONTENT_LENGTH, self.event.len())
-            .header(crate::dispatch::TRACE_HEADER, self.trace.header())
-            .header("server-timing", self.total());
+            .header(crate::headers::TRACE_HEADER, self.trace.header())
+            .header(crate::headers::SERVER_TIMING, self.total());
         if let Ok(v) = HeaderValue::from_str(&self.path_so_far()) {
             b = b.header(PATH_HEADER, v);
         }

@@ -14,17 +14,7 @@ use serde::Deserialize;
 
 use crate::config::{is_dns_label, Function, RouteBounds, Topology};
 
-/// Request header with an explicit route stack (`POST /route`), and the
-/// remaining stack on edge-to-edge forwards: step names separated by
-/// spaces (or commas), next step first, e.g. `edit log process`.
-pub const ROUTE_HEADER: &str = "fnroute-route";
-/// Edge-to-edge only: what the route has used of its bounds so far.
-pub const PROGRESS_HEADER: &str = "fnroute-route-progress";
-/// Response header: the path taken, `step@edge` per executed step.
-pub const PATH_HEADER: &str = "fnroute-path";
-/// Request header choosing `source` (default) or `orchestrated` routing
-/// (the entry edge calls every step itself; for comparison benchmarks).
-pub const MODE_HEADER: &str = "fnroute-route-mode";
+pub use crate::headers::{MODE_HEADER, PATH_HEADER, PROGRESS_HEADER, ROUTE_HEADER};
 
 /// Why a route cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
