@@ -17,6 +17,7 @@ pub mod headers;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod pipeline;
 pub mod placement;
 pub mod route;
 pub mod shutdown;

@@ -15,95 +15,15 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::reload::Reload;
 use crate::config::{EdgeId, Topology};
+use crate::dns::DnsHandle;
 use crate::exec::Executors;
 use crate::geo::GeoDb;
-use crate::mesh::LiveView;
+use crate::pipeline::EdgeContext;
 
 /// How often the geo database file is checked for changes.
 pub const GEO_POLL: Duration = Duration::from_secs(5);
-
-/// State shared by every task serving one edge.
-#[derive(Debug, Clone)]
-pub struct EdgeContext {
-    pub edge: EdgeId,
-    pub geo: Arc<GeoDb>,
-    pub view: Arc<LiveView>,
-    /// This edge's executor pools (worker processes).
-    pub exec: Arc<Executors>,
-    /// This edge's DNS front door: its counters, and the state a reload
-    /// rebuilds.
-    pub dns: crate::dns::DnsHandle,
-    /// The process's reloader (shared by every edge of a `Fleet`; weak,
-    /// as the reloader holds the contexts). Unset outside a `Fleet`.
-    pub reloader: Arc<std::sync::OnceLock<std::sync::Weak<Reloader>>>,
-    /// This edge's response cache (cheap to clone; shared by the front
-    /// door and the admin purge endpoint).
-    pub cache: crate::frontdoor::cached::ResponseCache,
-    /// Forwarding to peers (None without a `[mesh]` in the topology).
-    pub dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
-}
-
-impl EdgeContext {
-    /// The state of one edge: a fresh static view and started executor
-    /// pools (call inside a tokio runtime).
-    pub fn new(topology: Arc<Topology>, geo: Arc<GeoDb>, edge: EdgeId) -> anyhow::Result<Self> {
-        Self::tracked(topology, geo, edge, TaskTracker::new())
-    }
-
-    /// Like [`EdgeContext::new`], with the response cache's background
-    /// refreshes spawned on `tasks` (a `Fleet` waits for them on shutdown).
-    pub(crate) fn tracked(
-        topology: Arc<Topology>,
-        geo: Arc<GeoDb>,
-        edge: EdgeId,
-        tasks: TaskTracker,
-    ) -> anyhow::Result<Self> {
-        let view = Arc::new(LiveView::new(topology.clone()));
-        let dns = crate::dns::DnsHandle::new(edge, geo.clone(), view.clone());
-        let dispatch = match &topology.mesh {
-            Some(m) => {
-                let mesh = crate::mesh::Mesh::new(&topology, m, edge)
-                    .with_context(|| format!("starting the mesh of edge {edge}"))?;
-                Some(Arc::new(crate::dispatch::Dispatcher::new(
-                    Arc::new(mesh),
-                    view.clone(),
-                )))
-            }
-            None => None,
-        };
-        Ok(Self {
-            edge,
-            dispatch,
-            view,
-            exec: Executors::start(topology.clone(), edge)
-                .with_context(|| format!("starting executors of edge {edge}"))?,
-            dns,
-            reloader: Arc::new(std::sync::OnceLock::new()),
-            cache: crate::frontdoor::cached::ResponseCache::with_tracker(
-                topology.edges.get(edge).map_or(64 << 20, |e| e.cache_bytes),
-                tasks,
-            ),
-            geo,
-        })
-    }
-
-    /// The current topology: the one in the live view, so every reader
-    /// sees a reload at the same moment (it is swapped with the view).
-    pub fn topology(&self) -> Arc<Topology> {
-        self.view.load().topology.clone()
-    }
-
-    /// This edge's name (reloads never rename or move the local edge).
-    pub fn name(&self) -> String {
-        self.view
-            .load()
-            .topology
-            .edges
-            .get(self.edge)
-            .map_or_else(|| "?".to_string(), |e| e.name.clone())
-    }
-}
 
 /// The running edges of this process.
 pub struct Fleet {
@@ -152,6 +72,9 @@ impl crate::mesh::LocalLoad for Executors {
 /// One edge's state and bound listeners, nothing running yet.
 struct BoundEdge {
     cx: EdgeContext,
+    /// This edge's DNS front door: its counters, and the state a reload
+    /// rebuilds.
+    dns_handle: DnsHandle,
     admin: crate::admin::AdminServer,
     admin_addr: SocketAddr,
     dns: crate::dns::BoundDns,
@@ -167,14 +90,16 @@ impl BoundEdge {
         topology: &Arc<Topology>,
         geo: &Arc<GeoDb>,
         edge: EdgeId,
-        reloader: &Arc<std::sync::OnceLock<std::sync::Weak<Reloader>>>,
+        reloader: &Arc<std::sync::OnceLock<std::sync::Weak<dyn Reload>>>,
         tasks: &TaskTracker,
     ) -> anyhow::Result<Self> {
         let mut cx = EdgeContext::tracked(topology.clone(), geo.clone(), edge, tasks.clone())?;
         cx.reloader = reloader.clone();
-        match Self::listen(cx.clone()).await {
+        let dns_handle = DnsHandle::new(edge, geo.clone(), cx.view.clone());
+        match Self::listen(cx.clone(), &dns_handle).await {
             Ok((admin, admin_addr, dns, frontdoor)) => Ok(Self {
                 cx,
+                dns_handle,
                 admin,
                 admin_addr,
                 dns,
@@ -189,6 +114,7 @@ impl BoundEdge {
 
     async fn listen(
         cx: EdgeContext,
+        dns_handle: &DnsHandle,
     ) -> anyhow::Result<(
         crate::admin::AdminServer,
         SocketAddr,
@@ -196,11 +122,15 @@ impl BoundEdge {
         crate::frontdoor::FrontDoor,
     )> {
         let name = cx.name();
-        let admin =
-            crate::admin::AdminServer::bind(cx.clone(), crate::admin::AdminLimits::default(), None)
-                .await?;
+        let admin = crate::admin::AdminServer::bind(
+            cx.clone(),
+            Some(dns_handle.clone()),
+            crate::admin::AdminLimits::default(),
+            None,
+        )
+        .await?;
         let admin_addr = admin.local_addr().context("admin listener address")?;
-        let dns = crate::dns::bind(&cx.dns)
+        let dns = crate::dns::bind(dns_handle)
             .await
             .with_context(|| format!("starting the DNS front door of edge {name}"))?;
         let frontdoor = crate::frontdoor::FrontDoor::bind(cx)
@@ -226,7 +156,7 @@ impl Fleet {
         let tasks = TaskTracker::new();
         let reloader = Arc::new(Reloader::new(topology.source.clone(), geo.clone()));
         let weak = Arc::new(std::sync::OnceLock::new());
-        let _ = weak.set(Arc::downgrade(&reloader));
+        let _ = weak.set(Arc::downgrade(&reloader) as std::sync::Weak<dyn Reload>);
         let mut bound: Vec<BoundEdge> = Vec::with_capacity(edges.len());
         for &edge in edges {
             match BoundEdge::bind(&topology, &geo, edge, &weak, &tasks).await {
@@ -251,6 +181,7 @@ impl Fleet {
         ));
         let mut admin = Vec::new();
         let mut contexts = Vec::new();
+        let mut dns_handles = Vec::new();
         let mut quic_addrs = Vec::new();
         let mut dns_addrs = Vec::new();
         for b in bound {
@@ -270,8 +201,11 @@ impl Fleet {
                 tasks.spawn(prober.run(b.cx.view.clone(), token.child_token()));
             }
             contexts.push(b.cx);
+            dns_handles.push(b.dns_handle);
         }
-        let _ = reloader.contexts.set(contexts.clone());
+        let _ = reloader
+            .contexts
+            .set(contexts.iter().cloned().zip(dns_handles).collect());
         tasks.spawn(reload_on_sighup(reloader.clone(), token.child_token()));
         // Edges sharing this process reach each other at their bound
         // addresses (which differ from the topology's when it says port 0).
@@ -397,27 +331,7 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, token: CancellationToken) {
     }
 }
 
-/// What one reload did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadReport {
-    /// Whether the new topology is in effect.
-    pub applied: bool,
-    pub file: PathBuf,
-    /// Validation errors, or what only a restart can change.
-    pub errors: Vec<String>,
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    /// Edges that joined / left the fleet.
-    pub edges_added: Vec<String>,
-    pub edges_removed: Vec<String>,
-    /// The geo database's generation after the reload, if it reloaded.
-    pub geo_generation: Option<u64>,
-    /// Why the geo database was not reloaded (the old one stays).
-    pub geo_error: Option<String>,
-    /// The view generation of each edge after the reload.
-    pub generations: Vec<(String, u64)>,
-}
+pub use crate::config::reload::ReloadReport;
 
 /// Re-reads the topology file and applies it to every edge of this
 /// process, live: validated first and rejected whole (with every error
@@ -432,7 +346,8 @@ pub struct ReloadReport {
 pub struct Reloader {
     source: PathBuf,
     geo: Arc<GeoDb>,
-    contexts: std::sync::OnceLock<Vec<EdgeContext>>,
+    /// Each edge served here, with its DNS front door.
+    contexts: std::sync::OnceLock<Vec<(EdgeContext, DnsHandle)>>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -441,6 +356,13 @@ impl std::fmt::Debug for Reloader {
         f.debug_struct("Reloader")
             .field("source", &self.source)
             .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Reload for Reloader {
+    async fn reload(&self) -> ReloadReport {
+        Reloader::reload(self).await
     }
 }
 
@@ -497,11 +419,11 @@ impl Reloader {
             report.errors.push("the edges are still starting".into());
             return report;
         };
-        let Some(old) = contexts.first().map(EdgeContext::topology) else {
+        let Some(old) = contexts.first().map(|(cx, _)| cx.topology()) else {
             return report;
         };
         let mut refused = crate::config::reload::restart_required(&old, &new);
-        for cx in contexts {
+        for (cx, _) in contexts {
             let name = cx.name();
             if !new.edges.iter().any(|e| e.name == name) {
                 refused.push(format!(
@@ -534,8 +456,9 @@ impl Reloader {
         report.edges_added = edges_added;
         report.edges_removed = edges_removed;
         let (added, changed, removed) = crate::config::reload::function_changes(&old, &new);
-        for cx in contexts {
-            apply(cx, &old, &new, &changed, &removed);
+        for (cx, dns) in contexts {
+            apply(cx, &new, &changed, &removed);
+            dns.reload(&old, &new);
             report
                 .generations
                 .push((cx.name(), cx.view.load().generation));
@@ -556,13 +479,7 @@ impl Reloader {
 }
 
 /// Applies a validated, live-applicable, `align`ed topology to one edge.
-fn apply(
-    cx: &EdgeContext,
-    old: &Topology,
-    new: &Arc<Topology>,
-    changed: &[String],
-    removed: &[String],
-) {
+fn apply(cx: &EdgeContext, new: &Arc<Topology>, changed: &[String], removed: &[String]) {
     // The view first: DNS, dispatch, the front door and admin read the
     // topology from it. Same edges, so health states carry over by index.
     cx.view.update(|v| {
@@ -585,5 +502,4 @@ fn apply(
     for f in changed.iter().chain(removed) {
         let _ = cx.cache.purge_function(f);
     }
-    cx.dns.reload(old, new);
 }

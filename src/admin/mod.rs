@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::EdgeId;
-use crate::node::EdgeContext;
+use crate::dns::DnsHandle;
+use crate::pipeline::EdgeContext;
 pub use status::{PoolStats, PoolStatus, Status};
 
 /// Environment variable holding the admin token when the topology has no
@@ -101,6 +102,8 @@ pub struct AdminServer {
 
 struct State {
     cx: EdgeContext,
+    /// The edge's DNS front door (for its counters), if it has one here.
+    dns: Option<DnsHandle>,
     started: Instant,
     /// The bearer token of mutating endpoints; `None` disables them.
     token: Option<String>,
@@ -113,6 +116,7 @@ impl AdminServer {
     /// metrics recorder if nobody did yet.
     pub async fn bind(
         cx: EdgeContext,
+        dns: Option<DnsHandle>,
         limits: AdminLimits,
         pools: Option<Arc<dyn PoolStats>>,
     ) -> Result<Self, AdminError> {
@@ -142,6 +146,7 @@ impl AdminServer {
                 // caller (a test) supplies its own source.
                 pools: pools.or_else(|| Some(cx.exec.clone() as Arc<dyn PoolStats>)),
                 cx,
+                dns,
                 started: Instant::now(),
                 token,
             }),
@@ -425,7 +430,9 @@ fn metrics_response(state: &State) -> Response<Full<Bytes>> {
     let draining = view.edges.get(state.cx.edge).is_some_and(|s| s.draining);
     crate::metrics::edge_state(me, view.generation, draining);
     // Counters the request paths keep as plain atomics are copied in now.
-    state.cx.dns.stats.load().export(me, &state.cx.topology());
+    if let Some(dns) = &state.dns {
+        dns.stats.load().export(me, &state.cx.topology());
+    }
     export_executors(me, &state.cx.exec);
     let c = state.cx.cache.stats();
     crate::metrics::cache_totals(me, c.hits, c.misses, c.stale, c.coalesced);

@@ -138,6 +138,36 @@ pub fn function_changes(old: &Topology, new: &Topology) -> (Vec<String>, Vec<Str
     (added, changed, removed)
 }
 
+/// What one reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Whether the new topology is in effect.
+    pub applied: bool,
+    pub file: std::path::PathBuf,
+    /// Validation errors, or what only a restart can change.
+    pub errors: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Edges that joined / left the fleet.
+    pub edges_added: Vec<String>,
+    pub edges_removed: Vec<String>,
+    /// The geo database's generation after the reload, if it reloaded.
+    pub geo_generation: Option<u64>,
+    /// Why the geo database was not reloaded (the old one stays).
+    pub geo_error: Option<String>,
+    /// The view generation of each edge after the reload.
+    pub generations: Vec<(String, u64)>,
+}
+
+/// Something that re-reads the topology (and geo database) and applies
+/// it: the admin listener's `POST /reload` calls it without knowing what
+/// runs the edges (`node::Reloader` does).
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync {
+    async fn reload(&self) -> ReloadReport;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

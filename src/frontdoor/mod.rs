@@ -11,11 +11,6 @@
 //! invocations are bounded by the edge's `capacity` (semaphore, bounded
 //! wait, then 503); network input never panics.
 
-pub mod cached;
-pub mod limits;
-mod pipeline;
-pub mod problem;
-mod routed;
 mod server;
 
 use std::net::SocketAddr;
@@ -23,11 +18,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::node::EdgeContext;
+use crate::pipeline::{EdgeContext, Pipeline};
 
 use crate::tls;
 pub use crate::tls::CertFiles;
-pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
 
 pub use crate::headers::{CACHE_HEADER, EDGE_HEADER, REQUEST_ID_HEADER};
 
@@ -47,6 +41,8 @@ pub enum FrontdoorError {
     /// A configured value quinn does not accept.
     #[error("quic configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
 }
 
 /// A bound, not yet serving, HTTP/3 front door of one edge.
@@ -74,7 +70,8 @@ impl FrontDoor {
     /// run inside a tokio runtime.
     pub fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
         let cert = tls::cert_files(&cx.topology())?;
-        let (endpoint, shared) = server::bind(cx, addr, &cert)?;
+        let pipeline = Arc::new(Pipeline::new(cx)?);
+        let (endpoint, shared) = server::bind(pipeline, addr, &cert)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| FrontdoorError::Bind { addr, source })?;

@@ -7,20 +7,16 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::{RequestResolver, RequestStream};
-use http::{HeaderValue, Response};
-use tokio::sync::Semaphore;
+use http::Response;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::limits::{self, Admit};
-use super::pipeline::{self, BodyError, Call, RequestBody, Target};
 use super::FrontdoorError;
-use crate::config::QuicSettings;
+use crate::pipeline::limits::{self, Admit};
+use crate::pipeline::{self, BodyError, Call, Pipeline, RequestBody, Target};
 use crate::tls::{self, CertFiles};
-
-use crate::node::EdgeContext;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 pub(super) type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -33,36 +29,21 @@ const LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// State shared by every connection of one front door.
 pub(crate) struct Shared {
-    pub(super) cx: EdgeContext,
-    pub(super) edge_name: String,
-    /// `edge_name` as the value of the `fnroute-edge` header.
-    pub(super) edge_value: HeaderValue,
-    pub(super) settings: QuicSettings,
-    /// In-flight invocations on this edge (`edge.capacity` permits).
-    pub(super) admission: Semaphore,
+    /// The edge's request pipeline (the invocation side of every request).
+    pub(super) p: Arc<Pipeline>,
     /// Connections accepted and not yet closed.
     open: AtomicUsize,
     /// Handshakes in progress.
     handshaking: AtomicUsize,
-    /// Cancelled when the front door shuts down.
-    pub(super) token: CancellationToken,
 }
 
 pub(crate) fn bind(
-    cx: EdgeContext,
+    p: Arc<Pipeline>,
     addr: SocketAddr,
     cert: &CertFiles,
 ) -> Result<(quinn::Endpoint, Arc<Shared>), FrontdoorError> {
-    let topo = cx.topology();
-    let settings = topo.quic.clone();
-    let edge = topo
-        .edges
-        .get(cx.edge)
-        .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
-    let edge_name = edge.name.clone();
-    let capacity = edge.capacity as usize;
-
-    let cluster = cx.dispatch.as_ref().map(|d| &d.mesh.cluster);
+    let settings = p.settings.clone();
+    let cluster = p.cx.dispatch.as_ref().map(|d| &d.mesh.cluster);
     let tls = tls::server_config_with(cert, settings.enable_0rtt, cluster)?;
     let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| FrontdoorError::Tls(tls::TlsError::new(e.to_string())))?;
@@ -89,17 +70,10 @@ pub(crate) fn bind(
         runtime,
     )
     .map_err(|source| FrontdoorError::Bind { addr, source })?;
-    let edge_value = HeaderValue::from_str(&edge_name)
-        .map_err(|e| FrontdoorError::Config(format!("edge name {edge_name:?}: {e}")))?;
     let shared = Arc::new(Shared {
-        cx,
-        edge_name,
-        edge_value,
-        settings,
-        admission: Semaphore::new(capacity),
+        p,
         open: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
-        token: CancellationToken::new(),
     });
     Ok((endpoint, shared))
 }
@@ -134,7 +108,7 @@ pub(crate) async fn serve(
     token: CancellationToken,
 ) {
     let addr = endpoint.local_addr().ok();
-    let span = tracing::info_span!("frontdoor", edge = %shared.edge_name, addr = ?addr);
+    let span = tracing::info_span!("frontdoor", edge = %shared.p.edge_name, addr = ?addr);
     async {
         tracing::info!("http/3 front door listening");
         let conns = TaskTracker::new();
@@ -148,7 +122,7 @@ pub(crate) async fn serve(
             let admit = limits::admit_connection(
                 shared.open.load(Ordering::Relaxed),
                 shared.handshaking.load(Ordering::Relaxed),
-                shared.settings.max_connections as usize,
+                shared.p.settings.max_connections as usize,
                 incoming.remote_address_validated(),
                 incoming.may_retry(),
             );
@@ -173,7 +147,7 @@ pub(crate) async fn serve(
         // GOAWAY and waits for its in-flight requests.
         tracing::info!(open = shared.open.load(Ordering::Relaxed), "front door draining");
         endpoint.set_server_config(None);
-        shared.token.cancel();
+        shared.p.token.cancel();
         conns.close();
         conns.wait().await;
         endpoint.close(0u32.into(), b"shutdown");
@@ -238,7 +212,7 @@ async fn accept(
         }
     };
     let counted = Counted::new(shared.clone(), Which::Handshaking);
-    let connecting = if shared.settings.enable_0rtt {
+    let connecting = if shared.p.settings.enable_0rtt {
         match connecting.into_0rtt() {
             Ok((conn, done)) => return Some((conn, Some((Box::pin(done), counted)))),
             Err(connecting) => connecting,
@@ -267,7 +241,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
             return;
         };
         let mut h3c: H3Conn = match h3::server::builder()
-            .max_field_section_size(u64::from(shared.settings.max_header_bytes))
+            .max_field_section_size(u64::from(shared.p.settings.max_header_bytes))
             .build(h3_quinn::Connection::new(conn.clone()))
             .await
         {
@@ -279,7 +253,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
         };
         let requests = TaskTracker::new();
         // Made once: re-made per request it would re-register with the token.
-        let cancelled = shared.token.cancelled();
+        let cancelled = shared.p.token.cancelled();
         tokio::pin!(cancelled);
         loop {
             // Biased: a handshake completion already processed by quinn is
@@ -355,6 +329,7 @@ fn spawn_request(
         None
     } else {
         shared
+            .p
             .cx
             .dispatch
             .as_ref()
@@ -370,7 +345,7 @@ fn spawn_request(
 async fn finish(shared: &Shared, conn: &quinn::Connection, requests: TaskTracker) {
     requests.close();
     requests.wait().await;
-    if shared.token.is_cancelled() {
+    if shared.p.token.is_cancelled() {
         // Closing discards stream data not yet acknowledged, and quinn
         // does not say when a finished stream is acknowledged: give the
         // last responses a few round trips (or until the client closes).
@@ -403,7 +378,7 @@ async fn request(
     peer: Option<String>,
 ) {
     let started = Instant::now();
-    let read_deadline = started + shared.settings.body_read_timeout;
+    let read_deadline = started + shared.p.settings.body_read_timeout;
     let (req, mut stream) =
         match tokio::time::timeout_at(read_deadline, resolver.resolve_request()).await {
             Ok(Ok(r)) => r,
@@ -421,24 +396,24 @@ async fn request(
         peer,
         early,
         started,
-        &shared.settings,
-        shared.cx.topology(),
+        &shared.p.settings,
+        shared.p.cx.topology(),
     );
     let name = match &call.target {
         Target::Invoke(n) => n.as_str(),
         _ => "",
     };
-    let span = tracing::debug_span!("invoke", r#fn = %name, req = %call.id, edge = %shared.edge_name, peer = ?call.peer);
+    let span = tracing::debug_span!("invoke", r#fn = %name, req = %call.id, edge = %shared.p.edge_name, peer = ?call.peer);
     async {
         // Boxed: the request task's future stays small, so spawning it
         // does not copy kilobytes of state.
-        let result = Box::pin(pipeline::serve(&shared, &call, &mut stream)).await;
-        pipeline::record_invocation(&shared, &call, &result);
+        let result = Box::pin(pipeline::serve(&shared.p, &call, &mut stream)).await;
+        pipeline::record_invocation(&shared.p, &call, &result);
         let sent = match result {
             Ok(resp) => send(&mut stream, resp.0, resp.1).await,
             Err(problem) => {
                 tracing::debug!(status = problem.status().as_u16(), detail = %problem.detail, "problem");
-                let (head, body) = pipeline::problem_response(&shared.edge_name, &call.id, &problem);
+                let (head, body) = pipeline::problem_response(&shared.p.edge_name, &call.id, &problem);
                 send(&mut stream, head, body).await
             }
         };

@@ -530,7 +530,7 @@ async fn cache_purge_needs_a_token_and_drops_entries() {
     let policy = fleet.topology.function("resize").unwrap().cache.clone();
     let put = cache
         .fetch(key(), policy.as_ref(), || async {
-            Ok(fnroute::frontdoor::cached::CachedReply {
+            Ok(fnroute::pipeline::cached::CachedReply {
                 body: bytes::Bytes::from_static(b"x"),
                 content_type: http::HeaderValue::from_static("text/plain"),
                 timing: http::HeaderValue::from_static(""),
@@ -549,8 +549,8 @@ async fn cache_purge_needs_a_token_and_drops_entries() {
     assert_eq!(r.json()["purged"], "resize");
     let again = cache
         .fetch(key(), policy.as_ref(), || async {
-            Err(fnroute::frontdoor::problem::Problem::new(
-                fnroute::frontdoor::problem::ProblemKind::Internal,
+            Err(fnroute::pipeline::problem::Problem::new(
+                fnroute::pipeline::problem::ProblemKind::Internal,
                 "must run: the entry was purged",
             ))
         })
@@ -658,13 +658,13 @@ async fn slow_and_garbage_clients_are_cut_off_without_harm() {
     let topo = fnroute::config::load(&three_edges(dir.path(), "")).unwrap();
     let topo = Arc::new(topo);
     let geo = Arc::new(fnroute::geo::GeoDb::open(&topo.geo_db, topo.default_location).unwrap());
-    let cx = fnroute::node::EdgeContext::new(topo, geo, 0).unwrap();
+    let cx = fnroute::pipeline::EdgeContext::new(topo, geo, 0).unwrap();
     let limits = AdminLimits {
         max_connections: 4,
         header_read_timeout: Duration::from_millis(300),
         ..AdminLimits::default()
     };
-    let server = AdminServer::bind(cx, limits, None).await.unwrap();
+    let server = AdminServer::bind(cx, None, limits, None).await.unwrap();
     let addr = server.local_addr().unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(server.run(token.clone()));

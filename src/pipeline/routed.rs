@@ -13,18 +13,17 @@ use http::{header, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use super::limits;
-use super::pipeline::{self, base_response, Call, Reply, RequestBody, Target};
 use super::problem::{Problem, ProblemKind};
-use super::server::Shared;
-use super::EDGE_HEADER;
+use super::{self as pipeline, base_response, Call, Pipeline, Reply, RequestBody, Target};
 use crate::config::{Function, Topology};
 use crate::dispatch::{DispatchError, Dispatcher, Forward, RouteCarry};
+use crate::headers::EDGE_HEADER;
 use crate::metrics::Path as MetricPath;
 use crate::route::{self, Progress, RouteError, Stack, Trace, MODE_HEADER, PATH_HEADER};
 
 /// One routed event on this edge.
 struct Run<'a> {
-    shared: &'a Arc<Shared>,
+    shared: &'a Arc<Pipeline>,
     call: &'a Call,
     /// The call's topology snapshot.
     topo: &'a Topology,
@@ -49,7 +48,7 @@ struct Run<'a> {
 /// Handles `POST /event/{type}` and `POST /route` (from clients and, with
 /// the internal headers honoured, from authenticated peers).
 pub(super) async fn handle<B: RequestBody>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Pipeline>,
     call: &Call,
     body: &mut B,
 ) -> Result<Reply, Problem> {

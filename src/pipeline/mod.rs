@@ -1,7 +1,7 @@
 //! The request pipeline, the same for every transport.
 //!
-//! A front door's adapter (HTTP/3 in `server`; HTTPS over TCP will be a
-//! second one) turns what its transport received into one [`Call`], parsed
+//! A front door's adapter (HTTP/3 in `frontdoor::server`; HTTPS over TCP
+//! will be a second one) turns what its transport received into one [`Call`], parsed
 //! once, and hands it with a [`RequestBody`] to [`serve`], which answers
 //! with a [`Reply`] or a [`Problem`] for the adapter to send. A call holds
 //! one topology snapshot from start to end: a reload in the middle of a
@@ -21,20 +21,75 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::cached::CachedReply;
-use super::limits::{self, Route};
-use super::problem::{Problem, ProblemKind};
-use super::server::Shared;
-use super::EDGE_HEADER;
+use crate::headers::EDGE_HEADER;
+use cached::CachedReply;
+use limits::Route;
+
+pub mod cached;
+mod context;
+pub mod limits;
+pub mod problem;
+mod routed;
+
 use crate::cache::{CacheKey, CacheStatus};
 use crate::config::{Function, QuicSettings, Topology};
 use crate::dispatch::{Dispatcher, Forward};
 use crate::exec::Invocation;
+pub use context::EdgeContext;
+pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
+
+/// One edge's pipeline, shared by its front doors: the edge's services,
+/// its admission slots (`capacity`) and the request limits.
+pub(crate) struct Pipeline {
+    pub(crate) cx: EdgeContext,
+    pub(crate) edge_name: String,
+    /// `edge_name` as the value of the `fnroute-edge` header.
+    pub(crate) edge_value: HeaderValue,
+    /// Payload limit and body read timeout (from `[quic]`).
+    pub(crate) settings: QuicSettings,
+    /// In-flight invocations on this edge (`edge.capacity` permits).
+    pub(crate) admission: Semaphore,
+    /// Cancelled when the edge stops taking work.
+    pub(crate) token: CancellationToken,
+}
+
+/// Why a pipeline could not be made for an edge.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("edge {0} is not in the topology")]
+    NoEdge(crate::config::EdgeId),
+    #[error("edge name {0:?} is not a valid header value")]
+    EdgeName(String),
+}
+
+impl Pipeline {
+    /// The pipeline of `cx`'s edge, with `capacity` admission slots.
+    pub(crate) fn new(cx: EdgeContext) -> Result<Self, PipelineError> {
+        let topo = cx.topology();
+        let edge = topo
+            .edges
+            .get(cx.edge)
+            .ok_or(PipelineError::NoEdge(cx.edge))?;
+        let edge_name = edge.name.clone();
+        let edge_value = HeaderValue::from_str(&edge_name)
+            .map_err(|_| PipelineError::EdgeName(edge_name.clone()))?;
+        Ok(Self {
+            admission: Semaphore::new(edge.capacity as usize),
+            edge_name,
+            edge_value,
+            settings: topo.quic.clone(),
+            token: CancellationToken::new(),
+            cx,
+        })
+    }
+}
 
 /// A response head and its whole body.
-pub(super) type Reply = (Response<()>, Bytes);
+pub(crate) type Reply = (Response<()>, Bytes);
 
 /// What a request asks for, from its method and path (decided once).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,14 +250,14 @@ pub(crate) enum BodyError {
 }
 
 /// Answers one call.
-pub(super) async fn serve<B: RequestBody>(
-    shared: &Arc<Shared>,
+pub(crate) async fn serve<B: RequestBody>(
+    shared: &Arc<Pipeline>,
     call: &Call,
     body: &mut B,
 ) -> Result<Reply, Problem> {
     match &call.target {
         Target::Invoke(name) => invoke(shared, call, name, body).await,
-        Target::Event(_) | Target::Stack => super::routed::handle(shared, call, body).await,
+        Target::Event(_) | Target::Stack => routed::handle(shared, call, body).await,
         Target::Health => health(shared, call),
         Target::MethodNotAllowed => Err(Problem::new(
             ProblemKind::MethodNotAllowed,
@@ -220,7 +275,7 @@ pub(super) async fn serve<B: RequestBody>(
 
 /// `POST /fn/{name}`: the stages, in order.
 async fn invoke<B: RequestBody>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Pipeline>,
     call: &Call,
     name: &str,
     body: &mut B,
@@ -280,7 +335,7 @@ impl Resolved<'_> {
 
 /// Stage 1: which function, and whether this edge hosts it (404 if it is
 /// unknown, or hosted elsewhere with no mesh to forward over).
-fn resolve<'a>(shared: &Shared, call: &'a Call, name: &str) -> Result<Resolved<'a>, Problem> {
+fn resolve<'a>(shared: &Pipeline, call: &'a Call, name: &str) -> Result<Resolved<'a>, Problem> {
     if let Some(f) = shared.cx.exec.function(name) {
         return Ok(Resolved::Here(f));
     }
@@ -305,7 +360,7 @@ fn resolve<'a>(shared: &Shared, call: &'a Call, name: &str) -> Result<Resolved<'
 /// Stage 2: may this request run at all, and for how long? Early data
 /// only for idempotent functions (425 otherwise), a valid timeout, and a
 /// declared size within the limit (413 before any of the body is read).
-fn admit(shared: &Shared, call: &Call, f: &Function) -> Result<Duration, Problem> {
+fn admit(shared: &Pipeline, call: &Call, f: &Function) -> Result<Duration, Problem> {
     let name = f.name.as_str();
     if call.early && !f.idempotent {
         return Err(Problem::new(
@@ -321,7 +376,7 @@ fn admit(shared: &Shared, call: &Call, f: &Function) -> Result<Duration, Problem
 
 /// A declared `content-length` over the payload limit is refused before
 /// the body is read.
-pub(crate) fn check_length(shared: &Shared, call: &Call) -> Result<(), Problem> {
+pub(crate) fn check_length(shared: &Pipeline, call: &Call) -> Result<(), Problem> {
     let Some(len) = call.headers.get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
@@ -342,7 +397,7 @@ pub(crate) fn check_length(shared: &Shared, call: &Call) -> Result<(), Problem> 
 
 /// Stage 3: the whole body, within the payload limit and the read deadline.
 pub(crate) async fn read_payload<B: RequestBody>(
-    shared: &Shared,
+    shared: &Pipeline,
     call: &Call,
     body: &mut B,
 ) -> Result<Bytes, Problem> {
@@ -353,7 +408,7 @@ pub(crate) async fn read_payload<B: RequestBody>(
 
 /// Stage 4: run here when hosted here and the pool has room (or the hop
 /// limit leaves no choice); otherwise on the best peer.
-fn run_here(shared: &Shared, call: &Call, target: &Resolved<'_>, d: &Dispatcher) -> bool {
+fn run_here(shared: &Pipeline, call: &Call, target: &Resolved<'_>, d: &Dispatcher) -> bool {
     match target {
         Resolved::Elsewhere(_) => false,
         Resolved::Here(f) => {
@@ -420,7 +475,7 @@ async fn forward(
 /// with a cache policy get a key; a hit never touches an executor. Returns
 /// the result, how the cache answered and the entry's age in seconds.
 pub(crate) async fn run_cached(
-    shared: &Arc<Shared>,
+    shared: &Arc<Pipeline>,
     call: &Call,
     function: &Function,
     payload: Bytes,
@@ -462,7 +517,7 @@ pub(crate) async fn run_cached(
 /// Edge admission: a slot among the edge's `capacity`, after a short
 /// bounded wait (503 with `retry-after` otherwise, as when shutting down).
 async fn admission<'a>(
-    shared: &'a Shared,
+    shared: &'a Pipeline,
     name: &str,
 ) -> Result<tokio::sync::SemaphorePermit<'a>, Problem> {
     let edge = &shared.edge_name;
@@ -487,7 +542,7 @@ async fn admission<'a>(
 
 /// Stage 6: edge admission and the executor (what a cache miss runs).
 pub(crate) async fn execute(
-    shared: Arc<Shared>,
+    shared: Arc<Pipeline>,
     inv: Invocation,
     kind: crate::config::ExecutorKind,
     timeout: Duration,
@@ -543,7 +598,7 @@ pub(crate) async fn execute(
 /// chaining moves the whole head once per header: this is the path of
 /// every local answer and cache hit.
 fn respond(
-    shared: &Shared,
+    shared: &Pipeline,
     call: &Call,
     reply: CachedReply,
     status: Option<CacheStatus>,
@@ -605,7 +660,7 @@ fn cache_timing(s: CacheStatus, elapsed: Duration) -> String {
 
 /// `GET /health`: this edge's load and state, for authenticated cluster
 /// peers only.
-fn health(shared: &Shared, call: &Call) -> Result<Reply, Problem> {
+fn health(shared: &Pipeline, call: &Call) -> Result<Reply, Problem> {
     let Some(d) = shared
         .cx
         .dispatch
@@ -639,7 +694,7 @@ fn health(shared: &Shared, call: &Call) -> Result<Reply, Problem> {
 /// Counts one `POST /fn/{name}` by outcome ("ok", "error" for a relayed
 /// error, or the problem's slug) and path (run here or forwarded). Only
 /// names from the topology become label values.
-pub(super) fn record_invocation(shared: &Shared, call: &Call, result: &Result<Reply, Problem>) {
+pub(crate) fn record_invocation(shared: &Pipeline, call: &Call, result: &Result<Reply, Problem>) {
     use crate::metrics::Path;
     let Target::Invoke(name) = &call.target else {
         return;
@@ -711,7 +766,7 @@ fn id_value(id: &str) -> Option<HeaderValue> {
 
 /// A problem as a response: problem+json, with `retry-after`, `allow` and
 /// the route's path where they apply.
-pub(super) fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
+pub(crate) fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
     let body = Bytes::from(p.to_json(edge));
     let mut b = base_response(p.status(), edge, id)
         .header(header::CONTENT_TYPE, "application/problem+json")
