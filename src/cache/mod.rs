@@ -266,56 +266,37 @@ impl<V: Cacheable, E: CacheableError> Cache<V, E> {
             // Kept to answer in place of an error (stale-if-error).
             let fallback =
                 found.filter(|e| freshness == Some(Freshness::ErrorOnly) && e.result.is_ok());
-            match inner.join_or_lead(&key) {
+            let rx = match inner.join_or_lead(&key) {
                 Role::Lead(flight) => {
                     let fetched = inner.lead(flight, policy, run, fallback).await;
                     inner.count(fetched.status);
                     return fetched;
                 }
-                Role::Wait(rx) => match wait(rx).await {
-                    Some(Landed::Value { value, stored }) => {
-                        inner.count(CacheStatus::Coalesced);
-                        return Fetched {
-                            result: Ok(value),
-                            status: CacheStatus::Coalesced,
-                            age: Instant::now().saturating_duration_since(stored),
-                        };
-                    }
-                    Some(Landed::Error(error)) => {
-                        let fetched = serve_stale(fallback, Instant::now()).unwrap_or(Fetched {
-                            result: Err(error),
-                            status: CacheStatus::Coalesced,
-                            age: Duration::ZERO,
-                        });
-                        inner.count(fetched.status);
-                        return fetched;
-                    }
-                    Some(Landed::Private) => {
-                        // The response said "do not store": it is not
-                        // shared either. Run this request on its own.
-                        let result = run().await;
-                        let fetched = match result {
-                            Ok(v) => Fetched {
-                                result: Ok(v),
-                                status: CacheStatus::Miss,
-                                age: Duration::ZERO,
-                            },
-                            Err(error) => {
-                                serve_stale(fallback, Instant::now()).unwrap_or(Fetched {
-                                    result: Err(error),
-                                    status: CacheStatus::Miss,
-                                    age: Duration::ZERO,
-                                })
-                            }
-                        };
-                        inner.count(fetched.status);
-                        return fetched;
-                    }
-                    // The leader was dropped before it landed: try again
-                    // (this request may lead now).
-                    None => continue,
+                Role::Wait(rx) => rx,
+            };
+            let fetched = match wait(rx).await {
+                Some(Landed::Value { value, stored }) => Fetched {
+                    result: Ok(value),
+                    status: CacheStatus::Coalesced,
+                    age: Instant::now().saturating_duration_since(stored),
                 },
-            }
+                Some(Landed::Error(error)) => stale_or(fallback, error, CacheStatus::Coalesced),
+                // The response said "do not store": it is not shared
+                // either. Run this request on its own.
+                Some(Landed::Private) => match run().await {
+                    Ok(v) => Fetched {
+                        result: Ok(v),
+                        status: CacheStatus::Miss,
+                        age: Duration::ZERO,
+                    },
+                    Err(error) => stale_or(fallback, error, CacheStatus::Miss),
+                },
+                // The leader was dropped before it landed: try again (this
+                // request may lead now).
+                None => continue,
+            };
+            inner.count(fetched.status);
+            return fetched;
         }
     }
 
@@ -536,32 +517,10 @@ impl<V: Cacheable, E: CacheableError> Inner<V, E> {
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let key = flight.key.clone();
-        // Another flight may have landed between our lookup and our
-        // registration: look again before running. `contains_key` first,
-        // because it does not count as a read for TinyLFU's popularity
-        // estimate: a plain miss must count once, not twice.
-        let now = Instant::now();
-        let again = if self.store.contains_key(&key) {
-            self.store.get(&key).await
-        } else {
-            None
+        let flight = match self.landed_meanwhile(flight).await {
+            Ok(hit) => return hit,
+            Err(flight) => flight,
         };
-        if let Some(e) = again {
-            if e.life.freshness(now) == Freshness::Fresh {
-                flight.land(match &e.result {
-                    Ok(value) => Landed::Value {
-                        value: value.clone(),
-                        stored: e.life.stored,
-                    },
-                    Err(error) => Landed::Error(error.clone()),
-                });
-                return Fetched {
-                    result: e.result.clone(),
-                    status: CacheStatus::Hit,
-                    age: e.life.age(now),
-                };
-            }
-        }
         let purges = self.purges.load(Ordering::Acquire);
         let result = run().await;
         let now = Instant::now();
@@ -603,13 +562,40 @@ impl<V: Cacheable, E: CacheableError> Inner<V, E> {
                         .await;
                 }
                 flight.land(Landed::Error(error.clone()));
-                serve_stale(fallback, now).unwrap_or(Fetched {
-                    result: Err(error),
-                    status: CacheStatus::Miss,
-                    age: Duration::ZERO,
-                })
+                stale_or(fallback, error, CacheStatus::Miss)
             }
         }
+    }
+
+    /// Another flight may have landed between the leader's lookup and its
+    /// registration: a fresh entry now is answered (and landed for the
+    /// waiters) without running. `contains_key` first, because it does not
+    /// count as a read for TinyLFU's popularity estimate: a plain miss must
+    /// count once, not twice.
+    /// The flight comes back (`Err`) when it is still this leader's to run.
+    async fn landed_meanwhile(&self, flight: Flight<V, E>) -> Result<Fetched<V, E>, Flight<V, E>> {
+        let now = Instant::now();
+        if !self.store.contains_key(&flight.key) {
+            return Err(flight);
+        }
+        let Some(e) = self.store.get(&flight.key).await else {
+            return Err(flight);
+        };
+        if e.life.freshness(now) != Freshness::Fresh {
+            return Err(flight);
+        }
+        flight.land(match &e.result {
+            Ok(value) => Landed::Value {
+                value: value.clone(),
+                stored: e.life.stored,
+            },
+            Err(error) => Landed::Error(error.clone()),
+        });
+        Ok(Fetched {
+            result: e.result.clone(),
+            status: CacheStatus::Hit,
+            age: e.life.age(now),
+        })
     }
 
     async fn store_entry(
@@ -692,6 +678,19 @@ async fn wait<V: Clone, E: Clone>(
 }
 
 /// The stale-if-error answer, if `fallback` is still within its windows.
+/// The stale fallback if it may still be served, else `error`.
+fn stale_or<V: Clone, E: Clone>(
+    fallback: Option<Arc<Entry<V, E>>>,
+    error: E,
+    status: CacheStatus,
+) -> Fetched<V, E> {
+    serve_stale(fallback, Instant::now()).unwrap_or(Fetched {
+        result: Err(error),
+        status,
+        age: Duration::ZERO,
+    })
+}
+
 fn serve_stale<V: Clone, E: Clone>(
     fallback: Option<Arc<Entry<V, E>>>,
     now: Instant,

@@ -155,6 +155,86 @@ enum Attempt {
     MaybeSent(AttemptError, Option<Reply>),
 }
 
+/// The request to a peer: `POST /fn/{function}`, or `POST /route` with the
+/// rest of the stack, with the internal headers (hop count plus one, the
+/// `remaining_ms` of the deadline, request id, trace context).
+fn peer_request(fwd: &Forward, remaining_ms: u128) -> Request {
+    let mut req = Request::invoke(&fwd.function, fwd.payload.clone());
+    if let Some(r) = &fwd.route {
+        req.path = "/route".to_string();
+        req = req
+            .header(crate::headers::ROUTE_HEADER, &r.stack)
+            .header(crate::headers::PROGRESS_HEADER, &r.progress);
+        if let Some(ct) = &r.content_type {
+            req = req.header("content-type", ct);
+        }
+    }
+    req = req
+        .header(HOP_HEADER, &(fwd.hops + 1).to_string())
+        .header(DEADLINE_HEADER, &remaining_ms.to_string())
+        .header(REQUEST_ID_HEADER, &fwd.request_id);
+    if let Some(t) = &fwd.trace {
+        req = req.header(TRACE_HEADER, t);
+    }
+    req
+}
+
+/// What the forwarding attempts so far left: the last error, and the last
+/// answer a peer gave (a 503 is a better answer than an error).
+#[derive(Default)]
+struct Tries {
+    last: Option<DispatchError>,
+    reply: Option<Reply>,
+}
+
+impl Tries {
+    /// Takes one attempt's outcome: the final result when there is one (a
+    /// reply, or a failure that must not be retried), else `None`.
+    fn record(
+        &mut self,
+        peer: &str,
+        outcome: Attempt,
+        idempotent: bool,
+    ) -> Option<Result<Reply, DispatchError>> {
+        match outcome {
+            Attempt::Done(reply) => Some(Ok(reply)),
+            Attempt::NotSent(cause) => {
+                tracing::debug!(peer, error = %cause, "forward not sent; trying the next edge");
+                self.last = Some(DispatchError::Failed {
+                    peer: peer.to_string(),
+                    cause,
+                });
+                None
+            }
+            Attempt::MaybeSent(cause, reply) => {
+                tracing::debug!(peer, error = %cause, idempotent, "forward failed");
+                let err = DispatchError::Failed {
+                    peer: peer.to_string(),
+                    cause,
+                };
+                if !idempotent {
+                    return Some(reply.ok_or(err));
+                }
+                if reply.is_some() {
+                    self.reply = reply;
+                }
+                self.last = Some(err);
+                None
+            }
+        }
+    }
+
+    /// The answer when no more attempts are made: the last reply, else the
+    /// last error, else `otherwise`.
+    fn finish(self, otherwise: DispatchError) -> Result<Reply, DispatchError> {
+        match (self.reply, self.last) {
+            (Some(r), _) => Ok(r),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(otherwise),
+        }
+    }
+}
+
 impl Dispatcher {
     pub fn new(mesh: Arc<Mesh>, view: Arc<LiveView>) -> Self {
         let policy = EjectionPolicy {
@@ -220,77 +300,42 @@ impl Dispatcher {
             return Err(DispatchError::HopLimit(max_hops));
         }
         let idempotent = fwd.route.as_ref().map_or(f.idempotent, |r| r.retryable);
-        let now = Instant::now();
-        self.budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .deposit(now);
-        let mut last: Option<DispatchError> = None;
-        let mut last_reply: Option<Reply> = None;
+        self.budget().deposit(Instant::now());
+        let no_edge = || DispatchError::NoEdge(f.name.clone());
+        let mut tries = Tries::default();
         let mut first = true;
         loop {
             let now = Instant::now();
             if now >= fwd.deadline {
-                return match last_reply {
-                    Some(r) => Ok(r),
-                    None => Err(last.unwrap_or(DispatchError::Deadline)),
-                };
+                return tries.finish(DispatchError::Deadline);
             }
             let Some(peer) = self.candidates(f, &fwd.exclude, now).first().copied() else {
-                return match (last_reply, last) {
-                    (Some(r), _) => Ok(r),
-                    (None, Some(e)) => Err(e),
-                    (None, None) => Err(DispatchError::NoEdge(f.name.clone())),
-                };
+                return tries.finish(no_edge());
             };
-            if !first
-                && !self
-                    .budget
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .try_withdraw(now)
-            {
+            if !first && !self.budget().try_withdraw(now) {
                 tracing::debug!(function = %f.name, "retry budget exhausted");
-                return match (last_reply, last) {
-                    (Some(r), _) => Ok(r),
-                    (_, Some(e)) => Err(e),
-                    (None, None) => Err(DispatchError::NoEdge(f.name.clone())),
-                };
+                return tries.finish(no_edge());
             }
             first = false;
             fwd.exclude.push(peer);
             // Leave time for a retry elsewhere when one is allowed and
             // another candidate exists.
-            let remaining = fwd.deadline.saturating_duration_since(now);
             let more = idempotent && !self.candidates(f, &fwd.exclude, now).is_empty();
+            let remaining = fwd.deadline.saturating_duration_since(now);
             let attempt_deadline = if more {
                 now + remaining / 2
             } else {
                 fwd.deadline
             };
-            let name = self.mesh.peer_name(peer).to_string();
-            match self.attempt(peer, &fwd, attempt_deadline).await {
-                Attempt::Done(reply) => return Ok(reply),
-                Attempt::NotSent(cause) => {
-                    tracing::debug!(peer = %name, error = %cause, "forward not sent; trying the next edge");
-                    last = Some(DispatchError::Failed { peer: name, cause });
-                }
-                Attempt::MaybeSent(cause, reply) => {
-                    tracing::debug!(peer = %name, error = %cause, idempotent, "forward failed");
-                    let err = DispatchError::Failed { peer: name, cause };
-                    if !idempotent {
-                        return match reply {
-                            Some(r) => Ok(r),
-                            None => Err(err),
-                        };
-                    }
-                    if reply.is_some() {
-                        last_reply = reply;
-                    }
-                    last = Some(err);
-                }
+            let outcome = self.attempt(peer, &fwd, attempt_deadline).await;
+            if let Some(done) = tries.record(&self.mesh.peer_name(peer), outcome, idempotent) {
+                return done;
             }
         }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, RetryBudget> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// SIMULATION ONLY: the emulated WAN round trip to `peer`
@@ -371,26 +416,7 @@ impl Dispatcher {
             .saturating_duration_since(Instant::now())
             .as_millis()
             .max(1);
-        let mut req = match &fwd.route {
-            None => Request::invoke(&fwd.function, fwd.payload.clone()),
-            Some(r) => {
-                let mut req = Request::invoke(&fwd.function, fwd.payload.clone());
-                req.path = "/route".to_string();
-                req = req
-                    .header(crate::headers::ROUTE_HEADER, &r.stack)
-                    .header(crate::headers::PROGRESS_HEADER, &r.progress);
-                if let Some(ct) = &r.content_type {
-                    req = req.header("content-type", ct);
-                }
-                req
-            }
-        }
-        .header(HOP_HEADER, &(fwd.hops + 1).to_string())
-        .header(DEADLINE_HEADER, &remaining.to_string())
-        .header(REQUEST_ID_HEADER, &fwd.request_id);
-        if let Some(t) = &fwd.trace {
-            req = req.header(TRACE_HEADER, t);
-        }
+        let req = peer_request(fwd, remaining);
         let sent = tokio::time::timeout_at(deadline, conn.send(req)).await;
         if !half_rtt.is_zero() && sent.as_ref().is_ok_and(|r| r.is_ok()) {
             tokio::time::sleep(half_rtt.min(deadline.saturating_duration_since(Instant::now())))
