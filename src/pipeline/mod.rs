@@ -566,6 +566,7 @@ pub(crate) async fn execute(
         Err(_) => Err(crate::exec::ExecError::Timeout(timeout)),
     }
     .map_err(|e| Problem::from_exec(&name, &e))?;
+    crate::metrics::pool_queue_wait(&shared.edge_name, &name, out.timing.queued);
     if let Some(d) = shared.cx.dispatch.as_deref() {
         d.mesh.record_latency(&name, ran.elapsed());
     }

@@ -434,6 +434,19 @@ async fn metrics_count_real_dns_queries_and_invocations() {
 
     let text = get(fleet.admin[0], "/metrics").await.text();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    // The front door's local runs (the invocation and the route's step)
+    // record how long they waited for a worker.
+    let waits = scrape.samples.iter().find_map(|s| match &s.value {
+        Value::Histogram(buckets)
+            if s.metric == m::POOL_QUEUE_WAIT
+                && s.labels.get("edge") == Some("fra")
+                && s.labels.get("function") == Some("upper") =>
+        {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max).into()
+        }
+        _ => None,
+    });
+    assert!(waits.is_some_and(|n: f64| n >= 2.0), "{waits:?} in\n{text}");
     let value = |metric: &str, labels: &[(&str, &str)]| {
         scrape
             .samples
