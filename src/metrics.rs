@@ -67,6 +67,7 @@ pub const ROUTE_STEPS: &str = "fnroute_route_steps_total";
 pub const METERING_INVOCATIONS: &str = "fnroute_metering_invocations_total";
 pub const METERING_BILLED_MS: &str = "fnroute_metering_billed_milliseconds_total";
 pub const METERING_MB_MS: &str = "fnroute_metering_memory_mb_milliseconds_total";
+pub const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_total";
 
 /// Upper bounds (seconds) of the invocation latency buckets: 1 ms to 30 s.
 pub const INVOCATION_BUCKETS: &[f64] = &[
@@ -331,6 +332,11 @@ pub fn meter_totals(edge: &str, function: &str, invocations: u64, billed_ms: u64
         .absolute(u64::try_from(mb_ms).unwrap_or(u64::MAX));
 }
 
+/// Sets the count of metering log lines `edge` dropped (scrape time).
+pub fn metering_log_dropped(edge: &str, dropped: u64) {
+    ::metrics::counter!(METERING_LOG_DROPPED, "edge" => name(edge)).absolute(dropped);
+}
+
 // ---- cache -----------------------------------------------------------------
 
 pub fn cache_request(edge: &str, function: &str, result: CacheResult) {
@@ -506,6 +512,10 @@ fn describe() {
     describe_counter!(
         METERING_MB_MS,
         "Memory size times billed time, MB*ms (GB-seconds = value / 1024 / 1000)"
+    );
+    describe_counter!(
+        METERING_LOG_DROPPED,
+        "Metering log lines dropped because the writer fell behind (the disk stalled)"
     );
 }
 

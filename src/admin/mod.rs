@@ -395,6 +395,9 @@ fn export_executors(edge: &str, exec: &crate::exec::Executors) {
     for m in exec.metering().into_iter().filter(|m| m.invocations > 0) {
         crate::metrics::meter_totals(edge, &m.function, m.invocations, m.billed_ms, m.mb_ms);
     }
+    if let Some(dropped) = exec.metering_log_dropped() {
+        crate::metrics::metering_log_dropped(edge, dropped);
+    }
 }
 
 impl PoolStats for crate::exec::Executors {

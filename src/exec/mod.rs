@@ -430,6 +430,15 @@ impl Executors {
         self.meter.totals()
     }
 
+    /// Metering log lines dropped because the writer fell behind (`None`
+    /// without a metering log).
+    pub fn metering_log_dropped(&self) -> Option<u64> {
+        self.meter
+            .log
+            .as_ref()
+            .map(|_| self.meter.log_dropped.load(Ordering::Relaxed))
+    }
+
     /// Whether `drain` has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

@@ -1011,4 +1011,6 @@ async fn metering_log_has_one_json_line_per_invocation() {
         .find(|l| l["function"] == "bad")
         .expect("bad metered");
     assert_eq!(bad["outcome"], "error");
+    // Nothing dropped (exported as fnroute_metering_log_dropped_total).
+    assert_eq!(ex.metering_log_dropped(), Some(0));
 }
