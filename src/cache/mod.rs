@@ -249,19 +249,7 @@ impl<V: Cacheable, E: CacheableError> Cache<V, E> {
             if let (Some(entry), Some(f @ (Freshness::Fresh | Freshness::Revalidate))) =
                 (&found, freshness)
             {
-                let status = if f == Freshness::Fresh {
-                    inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    CacheStatus::Hit
-                } else {
-                    inner.counters.stale.fetch_add(1, Ordering::Relaxed);
-                    inner.refresh(key, policy.clone(), run);
-                    CacheStatus::Stale
-                };
-                return Fetched {
-                    result: entry.result.clone(),
-                    status,
-                    age: entry.life.age(now),
-                };
+                return inner.stored(entry, f == Freshness::Fresh, now, key, policy, run);
             }
             // Kept to answer in place of an error (stale-if-error).
             let fallback =
@@ -472,6 +460,36 @@ impl<V: Cacheable, E: CacheableError> Inner<V, E> {
             tx,
             landed: false,
         })
+    }
+
+    /// The answer from a stored entry: a hit, or a stale answer that
+    /// starts a background refresh (stale-while-revalidate).
+    fn stored<F, Fut>(
+        self: &Arc<Self>,
+        entry: &Entry<V, E>,
+        fresh: bool,
+        now: Instant,
+        key: CacheKey,
+        policy: &CachePolicy,
+        run: F,
+    ) -> Fetched<V, E>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let status = if fresh {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            CacheStatus::Hit
+        } else {
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            self.refresh(key, policy.clone(), run);
+            CacheStatus::Stale
+        };
+        Fetched {
+            result: entry.result.clone(),
+            status,
+            age: entry.life.age(now),
+        }
     }
 
     /// Starts a background refresh of `key` unless a run of it is in

@@ -237,7 +237,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
     async move {
         // With 0-RTT the connection is used before the handshake completes;
         // `handshake` then holds the future that resolves when it does.
-        let Some((conn, mut handshake)) = accept(&shared, incoming).await else {
+        let Some((conn, handshake)) = accept(&shared, incoming).await else {
             return;
         };
         let mut h3c: H3Conn = match h3::server::builder()
@@ -252,60 +252,72 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, _open: Count
             }
         };
         let requests = TaskTracker::new();
-        // Made once: re-made per request it would re-register with the token.
-        let cancelled = shared.p.token.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            // Biased: a handshake completion already processed by quinn is
-            // seen before a request that arrived after it.
-            let next = tokio::select! {
-                biased;
-                _ = &mut cancelled => Next::Cancelled,
-                ok = async {
-                    match handshake.as_mut() {
-                        Some((done, _)) => done.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                }, if handshake.is_some() => Next::Handshake(ok),
-                r = h3c.accept() => Next::Request(r),
-            };
-            match next {
-                Next::Cancelled => {
-                    // GOAWAY: requests already accepted still complete.
-                    if let Err(e) = h3c.shutdown(0).await {
-                        tracing::debug!(error = %e, "goaway failed");
-                    }
-                    break;
-                }
-                // quinn reports whether 0-RTT was accepted (false also for a
-                // plain handshake) or false when the connection died first;
-                // the latter leaves a close reason, set before the report.
-                Next::Handshake(zero_rtt) if zero_rtt || conn.close_reason().is_none() => {
-                    handshake = None
-                }
-                Next::Handshake(_) => {
-                    // The connection failed before its handshake completed:
-                    // whatever is still queued may be replayed early data.
-                    tracing::debug!("connection lost before the handshake completed");
-                    break;
-                }
-                Next::Request(Ok(Some(resolver))) => {
-                    let early = handshake.is_some();
-                    spawn_request(&shared, &conn, &requests, resolver, early);
-                }
-                Next::Request(Ok(None)) => break,
-                Next::Request(Err(e)) => {
-                    tracing::debug!(error = %e, "connection ended");
-                    break;
-                }
-            }
-        }
+        accept_requests(&shared, &conn, &mut h3c, handshake, &requests).await;
         finish(&shared, &conn, requests).await;
         // Dropping the h3 connection closes it with H3_NO_ERROR.
         drop(h3c);
     }
     .instrument(span)
     .await
+}
+
+/// Takes the connection's requests until it ends, fails its handshake or
+/// the front door drains (then GOAWAY: requests already accepted still
+/// complete).
+async fn accept_requests(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    h3c: &mut H3Conn,
+    mut handshake: Option<Pending>,
+    requests: &TaskTracker,
+) {
+    // Made once: re-made per request it would re-register with the token.
+    let cancelled = shared.p.token.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        // Biased: a handshake completion already processed by quinn is
+        // seen before a request that arrived after it.
+        let next = tokio::select! {
+            biased;
+            _ = &mut cancelled => Next::Cancelled,
+            ok = async {
+                match handshake.as_mut() {
+                    Some((done, _)) => done.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if handshake.is_some() => Next::Handshake(ok),
+            r = h3c.accept() => Next::Request(r),
+        };
+        match next {
+            Next::Cancelled => {
+                if let Err(e) = h3c.shutdown(0).await {
+                    tracing::debug!(error = %e, "goaway failed");
+                }
+                return;
+            }
+            // quinn reports whether 0-RTT was accepted (false also for a
+            // plain handshake) or false when the connection died first;
+            // the latter leaves a close reason, set before the report.
+            Next::Handshake(zero_rtt) if zero_rtt || conn.close_reason().is_none() => {
+                handshake = None
+            }
+            Next::Handshake(_) => {
+                // The connection failed before its handshake completed:
+                // whatever is still queued may be replayed early data.
+                tracing::debug!("connection lost before the handshake completed");
+                return;
+            }
+            Next::Request(Ok(Some(resolver))) => {
+                let early = handshake.is_some();
+                spawn_request(shared, conn, requests, resolver, early);
+            }
+            Next::Request(Ok(None)) => return,
+            Next::Request(Err(e)) => {
+                tracing::debug!(error = %e, "connection ended");
+                return;
+            }
+        }
+    }
 }
 
 /// Starts a task for one request of `conn`.
