@@ -125,7 +125,8 @@ pub(crate) struct Internal {
 pub(crate) struct Call {
     pub(crate) target: Target,
     pub(crate) method: Method,
-    pub(crate) path: String,
+    /// The request's URI (its path is what `target` was decided from).
+    pub(crate) uri: http::Uri,
     /// The client's headers (for the timeout, content length and type,
     /// the cache's vary headers, the route and its mode).
     pub(crate) headers: HeaderMap,
@@ -155,11 +156,11 @@ impl Call {
         topology: Arc<Topology>,
     ) -> Self {
         let (parts, ()) = req.into_parts();
-        let path = parts.uri.path().to_string();
+        let path = parts.uri.path();
         let target = if path == "/health" {
             Target::Health
         } else {
-            match limits::route(&parts.method, &path) {
+            match limits::route(&parts.method, path) {
                 // Names are case-insensitive; most already arrive in lower case.
                 Route::Invoke(n) => Target::Invoke(n.to_ascii_lowercase()),
                 Route::Event(t) => Target::Event(t.to_ascii_lowercase()),
@@ -193,7 +194,7 @@ impl Call {
         Self {
             target,
             method: parts.method,
-            path,
+            uri: parts.uri,
             headers: parts.headers,
             id,
             peer,
@@ -267,7 +268,7 @@ pub(crate) async fn serve<B: RequestBody>(
             ProblemKind::NotFound,
             format!(
                 "no resource at {:?}; invoke functions with POST /fn/{{name}}, events with POST /event/{{type}} or POST /route",
-                call.path
+                call.uri.path()
             ),
         )),
     }
