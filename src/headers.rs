@@ -5,35 +5,35 @@
 use http::HeaderName;
 
 /// Response header naming the edge that handled (or ran) the request.
-pub const EDGE_HEADER: &str = "fnroute-edge";
+pub(crate) const EDGE_HEADER: &str = "fnroute-edge";
 /// Whether the response cache answered: `hit`, `miss`, `stale` or
 /// `coalesced` (only for functions with a cache policy).
-pub const CACHE_HEADER: &str = "fnroute-cache";
+pub(crate) const CACHE_HEADER: &str = "fnroute-cache";
 /// The request id, on every response; from a peer, also on requests.
-pub const REQUEST_ID_HEADER: &str = "fnroute-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "fnroute-request-id";
 /// Request header a client may use to shorten the function's deadline.
-pub const TIMEOUT_HEADER: &str = "fnroute-timeout-ms";
+pub(crate) const TIMEOUT_HEADER: &str = "fnroute-timeout-ms";
 
 // Internal headers: honoured only from authenticated cluster peers and
 // never taken from clients.
 /// Edges a forwarded request has crossed.
-pub const HOP_HEADER: &str = "fnroute-hop";
+pub(crate) const HOP_HEADER: &str = "fnroute-hop";
 /// What the forwarding edge's caller had left, in milliseconds.
-pub const DEADLINE_HEADER: &str = "fnroute-deadline-ms";
+pub(crate) const DEADLINE_HEADER: &str = "fnroute-deadline-ms";
 /// W3C trace context.
-pub const TRACE_HEADER: &str = "traceparent";
+pub(crate) const TRACE_HEADER: &str = "traceparent";
 
 /// Request header with an explicit route stack (`POST /route`), and the
 /// remaining stack on edge-to-edge forwards: step names separated by
 /// spaces (or commas), next step first, e.g. `edit log process`.
-pub const ROUTE_HEADER: &str = "fnroute-route";
+pub(crate) const ROUTE_HEADER: &str = "fnroute-route";
 /// Edge-to-edge only: what the route has used of its bounds so far.
-pub const PROGRESS_HEADER: &str = "fnroute-route-progress";
+pub(crate) const PROGRESS_HEADER: &str = "fnroute-route-progress";
 /// Response header: the path taken, `step@edge` per executed step.
-pub const PATH_HEADER: &str = "fnroute-path";
+pub(crate) const PATH_HEADER: &str = "fnroute-path";
 /// Request header choosing `source` (default) or `orchestrated` routing
 /// (the entry edge calls every step itself; for comparison benchmarks).
-pub const MODE_HEADER: &str = "fnroute-route-mode";
+pub(crate) const MODE_HEADER: &str = "fnroute-route-mode";
 
 // The same names as `HeaderName`s: built at compile time, so a response
 // neither parses nor allocates them (`&str` names do both, every time).

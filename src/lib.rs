@@ -2,23 +2,24 @@
 //! name; DNS and QUIC front doors send them to the nearest healthy edge.
 //!
 //! The map of the code, its data flow and its invariants are in
-//! `docs/ARCHITECTURE.md`.
+//! `docs/ARCHITECTURE.md`, which also lists the public API (everything
+//! else is `pub(crate)`) and why each part of it is public.
 
 pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod dns;
 pub mod exec;
-pub mod frontdoor;
+pub(crate) mod frontdoor;
 pub mod geo;
-pub mod headers;
+pub(crate) mod headers;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod placement;
 pub mod route;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod tls;

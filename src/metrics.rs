@@ -35,10 +35,10 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Content type of `PrometheusHandle::render` output (text format 0.0.4).
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Most distinct edge, function and peer names the label interner keeps.
-pub const MAX_NAMES: usize = 4096;
+pub(crate) const MAX_NAMES: usize = 4096;
 
 // ---- names: the only place they are spelled ------------------------------
 
@@ -62,19 +62,19 @@ pub const VIEW_GENERATION: &str = "fnroute_view_generation";
 pub const DRAINING: &str = "fnroute_draining";
 pub const BUILD_INFO: &str = "fnroute_build_info";
 pub const ROUTES: &str = "fnroute_routes_total";
-pub const ROUTE_DURATION: &str = "fnroute_route_duration_seconds";
+pub(crate) const ROUTE_DURATION: &str = "fnroute_route_duration_seconds";
 pub const ROUTE_STEPS: &str = "fnroute_route_steps_total";
 pub const METERING_INVOCATIONS: &str = "fnroute_metering_invocations_total";
 pub const METERING_BILLED_MS: &str = "fnroute_metering_billed_milliseconds_total";
 pub const METERING_MB_MS: &str = "fnroute_metering_memory_mb_milliseconds_total";
-pub const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_total";
+pub(crate) const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_total";
 
 /// Upper bounds (seconds) of the invocation latency buckets: 1 ms to 30 s.
-pub const INVOCATION_BUCKETS: &[f64] = &[
+pub(crate) const INVOCATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Upper bounds (seconds) of the queue-wait buckets: 100 µs to 5 s.
-pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+pub(crate) const QUEUE_WAIT_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
@@ -90,7 +90,7 @@ pub enum Path {
 }
 
 impl Path {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::Forwarded => "forwarded",
@@ -110,7 +110,7 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
@@ -132,7 +132,7 @@ pub enum PoolEvent {
 }
 
 impl PoolEvent {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ColdStart => "cold_start",
             Self::Crash => "crash",
@@ -171,13 +171,13 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 /// The handle, if `install` ran.
-pub fn handle() -> Option<&'static PrometheusHandle> {
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE.get()
 }
 
 /// Drains histogram samples into their buckets; call every few seconds
 /// (rendering does it too) so samples do not pile up between scrapes.
-pub fn upkeep() {
+pub(crate) fn upkeep() {
     if let Some(h) = HANDLE.get() {
         h.run_upkeep();
     }
@@ -185,7 +185,7 @@ pub fn upkeep() {
 
 /// Billed duration: whole milliseconds, rounded up, at least 1 ms (the
 /// pricing model of the essay and of AWS Lambda).
-pub fn billed_ms(duration: Duration) -> u64 {
+pub(crate) fn billed_ms(duration: Duration) -> u64 {
     let nanos = duration.as_nanos();
     let ms = nanos.div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
@@ -201,19 +201,19 @@ pub fn dns_query(edge: &str, qtype: &'static str, rcode: &'static str) {
 
 /// Sets the DNS query counter to `n` (the DNS front door keeps its own
 /// atomics on the query path and exports them at scrape time).
-pub fn dns_queries_total(edge: &str, qtype: &'static str, rcode: &'static str, n: u64) {
+pub(crate) fn dns_queries_total(edge: &str, qtype: &'static str, rcode: &'static str, n: u64) {
     ::metrics::counter!(DNS_QUERIES, "edge" => name(edge), "qtype" => qtype, "rcode" => rcode)
         .absolute(n);
 }
 
 /// Sets the answers-by-edge counter to `n` (see `dns_queries_total`).
-pub fn dns_answers_total(edge: &str, function: &str, answered: &str, n: u64) {
+pub(crate) fn dns_answers_total(edge: &str, function: &str, answered: &str, n: u64) {
     ::metrics::counter!(DNS_ANSWERS, "edge" => name(edge), "function" => name(function), "answer_edge" => name(answered))
         .absolute(n);
 }
 
 /// Sets the fallback counter of `edge` to `n` (all functions together).
-pub fn dns_fallback_total(edge: &str, n: u64) {
+pub(crate) fn dns_fallback_total(edge: &str, n: u64) {
     ::metrics::counter!(DNS_FALLBACK, "edge" => name(edge), "function" => "all").absolute(n);
 }
 
@@ -297,14 +297,14 @@ fn invocation_handles(
 
 /// One routed event finished at the edge that accepted it from a client
 /// (`entry`: "event" or "route"), by outcome ("ok" or a problem slug).
-pub fn route(edge: &str, outcome: &'static str, duration: Duration) {
+pub(crate) fn route(edge: &str, outcome: &'static str, duration: Duration) {
     let e = name(edge);
     ::metrics::counter!(ROUTES, "edge" => e, "outcome" => outcome).increment(1);
     ::metrics::histogram!(ROUTE_DURATION, "edge" => e).record(duration.as_secs_f64());
 }
 
 /// One route step handled by `edge`: run here, or handed on to a peer.
-pub fn route_step(edge: &str, step: &str, path: Path) {
+pub(crate) fn route_step(edge: &str, step: &str, path: Path) {
     ::metrics::counter!(ROUTE_STEPS, "edge" => name(edge), "step" => name(step), "path" => path.as_str())
         .increment(1);
 }
@@ -324,7 +324,13 @@ pub fn meter(edge: &str, function: &str, duration: Duration, memory_mb: u32) -> 
 
 /// Sets the metering counters of one function on `edge` from the
 /// executors' running totals (exported at scrape time).
-pub fn meter_totals(edge: &str, function: &str, invocations: u64, billed_ms: u64, mb_ms: u128) {
+pub(crate) fn meter_totals(
+    edge: &str,
+    function: &str,
+    invocations: u64,
+    billed_ms: u64,
+    mb_ms: u128,
+) {
     let (e, f) = (name(edge), name(function));
     ::metrics::counter!(METERING_INVOCATIONS, "edge" => e, "function" => f).absolute(invocations);
     ::metrics::counter!(METERING_BILLED_MS, "edge" => e, "function" => f).absolute(billed_ms);
@@ -333,7 +339,7 @@ pub fn meter_totals(edge: &str, function: &str, invocations: u64, billed_ms: u64
 }
 
 /// Sets the count of metering log lines `edge` dropped (scrape time).
-pub fn metering_log_dropped(edge: &str, dropped: u64) {
+pub(crate) fn metering_log_dropped(edge: &str, dropped: u64) {
     ::metrics::counter!(METERING_LOG_DROPPED, "edge" => name(edge)).absolute(dropped);
 }
 
@@ -347,7 +353,7 @@ pub fn cache_request(edge: &str, function: &str, result: CacheResult) {
 /// Sets `edge`'s cache counters from the cache's own totals (exported at
 /// scrape time; the cache keeps atomics, not per-function series, so the
 /// `function` label is "all").
-pub fn cache_totals(edge: &str, hits: u64, misses: u64, stale: u64, coalesced: u64) {
+pub(crate) fn cache_totals(edge: &str, hits: u64, misses: u64, stale: u64, coalesced: u64) {
     let e = name(edge);
     for (result, n) in [
         (CacheResult::Hit, hits),
@@ -361,7 +367,7 @@ pub fn cache_totals(edge: &str, hits: u64, misses: u64, stale: u64, coalesced: u
 }
 
 /// Sets `edge`'s eviction counter for `cause` to `n`.
-pub fn cache_evictions_total(edge: &str, cause: &'static str, n: u64) {
+pub(crate) fn cache_evictions_total(edge: &str, cause: &'static str, n: u64) {
     ::metrics::counter!(CACHE_EVICTIONS, "edge" => name(edge), "cause" => cause).absolute(n);
 }
 
@@ -391,7 +397,7 @@ pub fn pool_event(edge: &str, function: &str, event: PoolEvent) {
 }
 
 /// Sets a pool event counter to `n` (from the executors' own totals).
-pub fn pool_events_total(edge: &str, function: &str, event: PoolEvent, n: u64) {
+pub(crate) fn pool_events_total(edge: &str, function: &str, event: PoolEvent, n: u64) {
     ::metrics::counter!(POOL_EVENTS, "edge" => name(edge), "function" => name(function), "event" => event.as_str())
         .absolute(n);
 }
@@ -418,7 +424,7 @@ pub fn peer_rtt(edge: &str, peer: &str, rtt: Duration) {
 }
 
 /// This edge's view generation and draining flag, and the build info.
-pub fn edge_state(edge: &str, generation: u64, draining: bool) {
+pub(crate) fn edge_state(edge: &str, generation: u64, draining: bool) {
     let e = name(edge);
     ::metrics::gauge!(VIEW_GENERATION, "edge" => e).set(generation as f64);
     ::metrics::gauge!(DRAINING, "edge" => e).set(if draining { 1.0 } else { 0.0 });

@@ -23,7 +23,7 @@ use crate::geo::GeoDb;
 use crate::pipeline::EdgeContext;
 
 /// How often the geo database file is checked for changes.
-pub const GEO_POLL: Duration = Duration::from_secs(5);
+pub(crate) const GEO_POLL: Duration = Duration::from_secs(5);
 
 /// The running edges of this process.
 pub struct Fleet {
@@ -250,11 +250,6 @@ impl Fleet {
         })
     }
 
-    /// A token cancelled when the fleet shuts down.
-    pub fn token(&self) -> CancellationToken {
-        self.token.clone()
-    }
-
     /// Stops accepting work, lets in-flight work finish within `grace`.
     pub async fn shutdown(self, grace: Duration) {
         for cx in &self.edges {
@@ -331,7 +326,7 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, token: CancellationToken) {
     }
 }
 
-pub use crate::config::reload::ReloadReport;
+pub(crate) use crate::config::reload::ReloadReport;
 
 /// Re-reads the topology file and applies it to every edge of this
 /// process, live: validated first and rejected whole (with every error

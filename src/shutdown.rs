@@ -3,7 +3,7 @@
 /// Installs the SIGINT and SIGTERM handlers at once (call it before
 /// start-up work, so an early signal is caught rather than fatal) and
 /// resolves on the first of them. Needs a tokio runtime.
-pub fn signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

@@ -95,7 +95,7 @@ fn check(t: &Topology) {
             "route {name:?}: unknown step"
         );
         assert!(
-            fnroute::route::static_cycle(&r.routes, name).is_none(),
+            fnroute::config::static_cycle(&r.routes, name).is_none(),
             "route {name:?} expands into itself"
         );
     }

@@ -201,7 +201,7 @@ impl AdminServer {
 
 /// Upkeep of the metrics recorder (drains histogram samples) every
 /// `every`, until `token` is cancelled.
-pub async fn metrics_upkeep(every: Duration, token: CancellationToken) {
+pub(crate) async fn metrics_upkeep(every: Duration, token: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -213,7 +213,7 @@ pub async fn metrics_upkeep(every: Duration, token: CancellationToken) {
 }
 
 /// The status document of `cx` now.
-pub fn status_of(
+pub(crate) fn status_of(
     cx: &EdgeContext,
     uptime: Duration,
     pools: Option<&dyn PoolStats>,
@@ -237,7 +237,7 @@ pub fn status_of(
 }
 
 /// The status page for a status document (self-contained HTML).
-pub fn render_page(s: &status::Status) -> String {
+pub(crate) fn render_page(s: &status::Status) -> String {
     // `<` only occurs inside JSON strings, where \u003c means the same.
     let json = serde_json::to_string(s)
         .unwrap_or_else(|_| "null".into())

@@ -32,16 +32,16 @@ pub struct Status {
 pub struct NodeStatus {
     pub name: String,
     pub version: String,
-    pub uptime_s: f64,
+    pub(crate) uptime_s: f64,
     pub draining: bool,
-    pub health: Health,
+    pub(crate) health: Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ViewStatus {
     pub generation: u64,
     /// Share of capacity above which an edge spills over to the next.
-    pub load_threshold: f64,
+    pub(crate) load_threshold: f64,
 }
 
 /// Health of an edge as the status page colours it.
@@ -94,10 +94,10 @@ pub struct EdgeStatus {
     pub addresses: Vec<String>,
     pub capacity: u32,
     pub health: Health,
-    pub healthy: bool,
-    pub draining: bool,
+    pub(crate) healthy: bool,
+    pub(crate) draining: bool,
     /// In-flight invocations as a share of capacity.
-    pub load: f64,
+    pub(crate) load: f64,
     /// Round trip of this edge's last successful probe of that edge
     /// (`GET /health` over the pooled mesh connection), in milliseconds.
     /// Null for this edge itself, without a mesh, and until a probe
@@ -117,10 +117,10 @@ pub struct LatLon {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionStatus {
     pub name: String,
-    pub executor: String,
-    pub memory_mb: u32,
-    pub timeout_ms: u64,
-    pub concurrency_min: u32,
+    pub(crate) executor: String,
+    pub(crate) memory_mb: u32,
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency_min: u32,
     pub concurrency_max: u32,
     /// The edges hosting it.
     pub edges: Vec<String>,

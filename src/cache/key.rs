@@ -61,13 +61,8 @@ impl CacheKey {
     }
 
     /// The function this key belongs to.
-    pub fn function(&self) -> &str {
+    pub(crate) fn function(&self) -> &str {
         &self.function
-    }
-
-    /// The version of the function's definition the key was made for.
-    pub fn version(&self) -> u64 {
-        self.version
     }
 
     /// Bytes the key accounts for in the cache's byte bound.

@@ -16,7 +16,6 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use crate::config::function_version;
 pub use key::CacheKey;
 pub use policy::{
     command_directive, command_directive_line, lambda_directive, lambda_directive_value, Directive,
@@ -79,7 +78,7 @@ pub enum CacheStatus {
 
 impl CacheStatus {
     /// The header value: `hit`, `miss`, `stale`, `coalesced` or `bypass`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
@@ -108,7 +107,7 @@ pub struct Fetched<V, E> {
 
 impl<V, E> Fetched<V, E> {
     /// The `age` header value: whole seconds since the answer was produced.
-    pub fn age_secs(&self) -> u64 {
+    pub(crate) fn age_secs(&self) -> u64 {
         self.age.as_secs()
     }
 }
@@ -129,7 +128,7 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     /// Stale answers (stale-while-revalidate and stale-if-error).
-    pub stale: u64,
+    pub(crate) stale: u64,
     pub coalesced: u64,
     pub bypass: u64,
     /// Background refreshes started (stale-while-revalidate).
@@ -137,7 +136,7 @@ pub struct CacheStats {
     /// Entries dropped to stay within the byte bound.
     pub evictions: u64,
     /// Entries dropped past their TTL and stale windows.
-    pub expirations: u64,
+    pub(crate) expirations: u64,
     /// Bytes stored now (as weighed), and entries stored now. Both lag by
     /// the store's pending maintenance.
     pub bytes: u64,
@@ -326,11 +325,6 @@ impl<V: Cacheable, E: CacheableError> Cache<V, E> {
             bytes: self.inner.store.weighted_size(),
             entries: self.inner.store.entry_count(),
         }
-    }
-
-    /// The configured byte bound.
-    pub fn max_bytes(&self) -> u64 {
-        self.inner.max_bytes
     }
 
     /// Runs the store's pending maintenance (evictions, expirations,

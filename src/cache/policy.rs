@@ -64,7 +64,7 @@ impl Directive {
 
     /// How long a response with this directive may be served as fresh under
     /// a configured `ttl`; `None` means "do not store".
-    pub fn effective_ttl(self, ttl: Duration) -> Option<Duration> {
+    pub(crate) fn effective_ttl(self, ttl: Duration) -> Option<Duration> {
         let t = match self {
             Self::Default => ttl,
             Self::NoStore => return None,
@@ -195,17 +195,17 @@ pub enum Freshness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
     /// When the response was produced.
-    pub stored: Instant,
+    pub(crate) stored: Instant,
     /// Fresh for this long after `stored` (already clamped to the policy).
-    pub ttl: Duration,
-    pub stale_while_revalidate: Duration,
-    pub stale_if_error: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
 }
 
 impl Lifetime {
     /// The entry's state at `now`. Pure; a `now` before `stored` counts as
     /// age zero.
-    pub fn freshness(&self, now: Instant) -> Freshness {
+    pub(crate) fn freshness(&self, now: Instant) -> Freshness {
         let age = self.age(now);
         if age < self.ttl {
             Freshness::Fresh
@@ -219,13 +219,13 @@ impl Lifetime {
     }
 
     /// Time since the response was produced (for the `age` header).
-    pub fn age(&self, now: Instant) -> Duration {
+    pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored)
     }
 
     /// How long after `stored` the entry can still be used at all: the TTL
     /// plus the longest stale window. The store drops it after that.
-    pub fn usable_for(&self) -> Duration {
+    pub(crate) fn usable_for(&self) -> Duration {
         self.ttl
             .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
     }

@@ -205,7 +205,7 @@ fn cache_status_header_values() {
 mod version {
     use std::path::Path;
 
-    use crate::cache::function_version;
+    use crate::config::function_version;
     use crate::config::{self, Function};
 
     const TOPOLOGY: &str = r#"

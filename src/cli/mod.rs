@@ -27,22 +27,22 @@ const EX_SOFTWARE: u8 = 70;
     version,
     about = "Edge function router: reach stateless functions by name"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Plain,
     Json,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run edge nodes of a topology.
     Serve {
         /// Topology file (default: the embedded edge-config/local.toml).
@@ -88,7 +88,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CertCommand {
+pub(crate) enum CertCommand {
     /// Create a development cluster CA and one certificate per edge
     /// (`ca.pem`, `<edge>.pem`, `<edge>-key.pem`); not for production.
     Dev {
@@ -102,57 +102,57 @@ pub enum CertCommand {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct InvokeArgs {
+pub(crate) struct InvokeArgs {
     /// Function name (not with --event or --route).
     #[arg(required_unless_present_any = ["event", "route"])]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// `-`: read the event from stdin.
     #[arg(value_name = "-", conflicts_with_all = ["data", "data_file"])]
-    pub stdin: Option<String>,
+    pub(crate) stdin: Option<String>,
     /// The event, as text.
     #[arg(long, conflicts_with = "data_file")]
-    pub data: Option<String>,
+    pub(crate) data: Option<String>,
     /// Read the event from a file (`-` for stdin).
     #[arg(long)]
-    pub data_file: Option<PathBuf>,
+    pub(crate) data_file: Option<PathBuf>,
     /// Edge to send it to, HOST:PORT (ignored with --resolve).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    pub edge: String,
+    pub(crate) edge: String,
     /// Ask this fnroute DNS server (IP or IP:PORT, UDP) for NAME.<zone> first.
     #[arg(long)]
-    pub resolve: Option<String>,
+    pub(crate) resolve: Option<String>,
     /// Zone of the function names (default: the embedded topology's).
     #[arg(long)]
-    pub zone: Option<String>,
+    pub(crate) zone: Option<String>,
     /// Trust this PEM certificate or CA (default: the embedded topology's
     /// certificate or its generated development certificate).
     #[arg(long, conflicts_with = "insecure")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Do not verify the server certificate (development only).
     #[arg(long)]
-    pub insecure: bool,
+    pub(crate) insecure: bool,
     /// Shorten the function's deadline (milliseconds).
     #[arg(long)]
-    pub timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
     /// Send an event of this type (`POST /event/TYPE`) instead of invoking
     /// one function: it runs through the type's route (docs/routing.md).
     #[arg(long, conflicts_with = "route")]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Send the event along this explicit route stack (`POST /route`),
     /// e.g. "edit log process".
     #[arg(long)]
-    pub route: Option<String>,
+    pub(crate) route: Option<String>,
     /// With --event or --route: the entry edge calls every step itself
     /// (`fnroute-route-mode: orchestrated`) instead of source routing.
     #[arg(long)]
-    pub orchestrated: bool,
+    pub(crate) orchestrated: bool,
     /// Print the status and response headers to stderr.
     #[arg(long, short)]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum GeoCommand {
+pub(crate) enum GeoCommand {
     /// What the database says about an address, and the nearest edge.
     Lookup {
         /// IPv4 or IPv6 address.
@@ -183,7 +183,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The embedded default topology: `edge-config/local.toml` in the current
 /// directory if there is one, else the one next to the sources this binary
 /// was built from.
-pub fn default_topology_path() -> PathBuf {
+pub(crate) fn default_topology_path() -> PathBuf {
     let here = PathBuf::from(config::DEFAULT_TOPOLOGY);
     if here.is_file() {
         return here;
@@ -245,7 +245,7 @@ fn cert_dev(config: &Path, out: Option<PathBuf>) -> ExitCode {
 }
 
 /// `FNROUTE_LOG` (or `RUST_LOG`) filter, default `warn,fnroute=info`.
-pub fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("FNROUTE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -280,7 +280,7 @@ fn check(file: &Path) -> ExitCode {
 }
 
 /// A readable summary of a valid topology (`fnroute check`).
-pub fn summary(t: &Topology) -> String {
+pub(crate) fn summary(t: &Topology) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", t.source.display());
@@ -558,7 +558,7 @@ async fn fetch_status(admin: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The readable form of a status document (`fnroute status`).
-pub fn status_table(s: &crate::admin::Status) -> String {
+pub(crate) fn status_table(s: &crate::admin::Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let up = s.node.uptime_s.max(0.0) as u64;

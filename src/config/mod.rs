@@ -10,7 +10,7 @@
 
 mod model;
 mod raw;
-pub mod reload;
+pub(crate) mod reload;
 mod routes;
 mod validate;
 mod version;
@@ -21,15 +21,15 @@ use std::path::{Path, PathBuf};
 pub use model::*;
 pub use routes::static_cycle;
 pub(crate) use validate::is_dns_label;
-pub use version::function_version;
+pub(crate) use version::function_version;
 
 /// The embedded default topology, relative to the crate root.
-pub const DEFAULT_TOPOLOGY: &str = "edge-config/local.toml";
+pub(crate) const DEFAULT_TOPOLOGY: &str = "edge-config/local.toml";
 
 /// One problem found in a topology file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// 1-based line and column; 0 when the problem has no place in the file.
     pub line: usize,
     pub column: usize,

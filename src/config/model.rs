@@ -12,7 +12,7 @@ use crate::geo::Location;
 #[derive(Debug, Clone)]
 pub struct Topology {
     /// The file this topology was read from.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// The zone, lower case, fully qualified (ends with a dot).
     pub zone: String,
     pub geo_db: PathBuf,
@@ -24,7 +24,7 @@ pub struct Topology {
     pub dns: DnsSettings,
     pub quic: QuicSettings,
     pub tls: Option<TlsFiles>,
-    pub executors: ExecutorSettings,
+    pub(crate) executors: ExecutorSettings,
     /// The edge mesh (cluster PKI, probing, forwarding); None: every edge
     /// stands alone (no probing, no forwarding).
     pub mesh: Option<MeshSettings>,
@@ -59,7 +59,7 @@ pub struct RouteBounds {
     /// Steps on the stack at any time.
     pub max_stack_depth: u32,
     /// Deadline of a routed event unless the client asks for less.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for RouteBounds {
@@ -77,9 +77,9 @@ impl Default for RouteBounds {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsSettings {
     pub ttl: u32,
-    pub answers: usize,
+    pub(crate) answers: usize,
     /// Share of `capacity` above which an edge spills over to the next.
-    pub load_threshold: f64,
+    pub(crate) load_threshold: f64,
     pub serial: u32,
     pub rate_limit: Option<RateLimit>,
     pub udp_sockets: usize,
@@ -96,14 +96,14 @@ pub struct RateLimit {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuicSettings {
-    pub max_payload_bytes: u64,
-    pub max_connections: u32,
-    pub max_streams_per_connection: u32,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: u32,
-    pub body_read_timeout: Duration,
-    pub enable_0rtt: bool,
-    pub udp_buffer_bytes: u32,
+    pub(crate) max_payload_bytes: u64,
+    pub(crate) max_connections: u32,
+    pub(crate) max_streams_per_connection: u32,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_bytes: u32,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) enable_0rtt: bool,
+    pub(crate) udp_buffer_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,18 +116,18 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshSettings {
     /// PEM file of the cluster CA.
-    pub ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// Folder holding `<edge>.pem` and `<edge>-key.pem` per edge.
-    pub cert_dir: PathBuf,
+    pub(crate) cert_dir: PathBuf,
     pub probe_interval: Duration,
     /// Consecutive failed probes before a peer is down.
-    pub fall: u32,
+    pub(crate) fall: u32,
     /// Consecutive good probes before a down peer is up again.
-    pub rise: u32,
+    pub(crate) rise: u32,
     /// Most edges an invocation may be forwarded through.
-    pub max_hops: u32,
+    pub(crate) max_hops: u32,
     /// Consecutive failed forwards before a peer is ejected.
-    pub eject_after: u32,
+    pub(crate) eject_after: u32,
     /// SIMULATION ONLY (0 = off): each forward waits a round trip of this
     /// many ms per 1000 km of great-circle distance between the edges.
     pub simulated_rtt_ms_per_1000km: f64,
@@ -135,33 +135,33 @@ pub struct MeshSettings {
 
 impl MeshSettings {
     /// The certificate chain file of `edge`.
-    pub fn cert_file(&self, edge: &str) -> PathBuf {
+    pub(crate) fn cert_file(&self, edge: &str) -> PathBuf {
         self.cert_dir.join(format!("{edge}.pem"))
     }
 
     /// The private key file of `edge`.
-    pub fn key_file(&self, edge: &str) -> PathBuf {
+    pub(crate) fn key_file(&self, edge: &str) -> PathBuf {
         self.cert_dir.join(format!("{edge}-key.pem"))
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecutorSettings {
-    pub keep_warm: Duration,
-    pub queue: u32,
-    pub queue_timeout: Duration,
+pub(crate) struct ExecutorSettings {
+    pub(crate) keep_warm: Duration,
+    pub(crate) queue: u32,
+    pub(crate) queue_timeout: Duration,
     /// One JSON line per metered invocation is appended here (for billing
     /// pipelines); `None` = off.
-    pub metering_log: Option<PathBuf>,
+    pub(crate) metering_log: Option<PathBuf>,
 }
 
 /// Index of an edge in `Topology::edges`.
-pub type EdgeId = usize;
+pub(crate) type EdgeId = usize;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Edge {
     pub name: String,
-    pub location: Location,
+    pub(crate) location: Location,
     pub addresses: Vec<IpAddr>,
     pub dns_listen: SocketAddr,
     pub quic_listen: SocketAddr,
@@ -185,22 +185,22 @@ pub struct Function {
     /// The edges hosting it, in topology order.
     pub edges: Vec<EdgeId>,
     pub executor: Executor,
-    pub memory_mb: u32,
-    pub timeout: Duration,
+    pub(crate) memory_mb: u32,
+    pub(crate) timeout: Duration,
     pub concurrency_min: u32,
     pub concurrency_max: u32,
     pub cache: Option<CachePolicy>,
     pub idempotent: bool,
     /// Output is a routing envelope (`{"push": [...], "event": ...}`).
-    pub gatekeeper: bool,
+    pub(crate) gatekeeper: bool,
     /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.
-    pub cache_version: u64,
+    pub(crate) cache_version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutorKind {
+pub(crate) enum ExecutorKind {
     /// Worker processes speaking the AWS Lambda Runtime API.
     Lambda,
     /// One process per invocation: event on stdin, result on stdout.
@@ -209,13 +209,13 @@ pub enum ExecutorKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executor {
-    pub kind: ExecutorKind,
+    pub(crate) kind: ExecutorKind,
     /// argv; `command[0]` is resolved (absolute path).
     pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub handler: Option<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) handler: Option<String>,
     /// Working directory of the process: the topology file's folder.
-    pub workdir: PathBuf,
+    pub(crate) workdir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,15 +240,9 @@ impl Topology {
         } else {
             self.function_index.get(name)
         };
-        match hit.and_then(|&i| self.functions.get(i)) {
-            Some(f) if f.name.eq_ignore_ascii_case(name) => Some(f),
-            // Not indexed (a test that edited `functions` after loading):
-            // the scan is still right.
-            _ => self
-                .functions
-                .iter()
-                .find(|f| f.name.eq_ignore_ascii_case(name)),
-        }
+        // The index is built with the topology, which nothing changes
+        // after validation.
+        hit.and_then(|&i| self.functions.get(i))
     }
 
     pub(crate) fn index_functions(
@@ -263,7 +257,7 @@ impl Topology {
 }
 
 impl Function {
-    pub fn hosted_on(&self, edge: EdgeId) -> bool {
+    pub(crate) fn hosted_on(&self, edge: EdgeId) -> bool {
         self.edges.contains(&edge)
     }
 }

@@ -13,7 +13,7 @@ use super::model::{Function, Topology};
 
 /// Every difference between `old` and `new` that a live reload cannot
 /// apply, as one message each (empty: the reload can be applied live).
-pub fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
+pub(crate) fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
     let mut out = Vec::new();
     let mut differs = |what: &str, changed: bool| {
         if changed {
@@ -72,7 +72,7 @@ pub fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
 /// new to the fleet are appended, and every function's `edges` are
 /// re-indexed. Running state indexed by `EdgeId` (the view, peer
 /// connections and statistics, DNS counters) then stays valid.
-pub fn align(old: &Topology, mut new: Topology) -> Topology {
+pub(crate) fn align(old: &Topology, mut new: Topology) -> Topology {
     let fresh = std::mem::take(&mut new.edges);
     let mut edges: Vec<_> = old
         .edges
@@ -105,7 +105,7 @@ pub fn align(old: &Topology, mut new: Topology) -> Topology {
 
 /// Whether two definitions of a function run the same way (placement,
 /// `edges`, aside: moving a function keeps its warm pool and its cache).
-pub fn same_definition(a: &Function, b: &Function) -> bool {
+pub(crate) fn same_definition(a: &Function, b: &Function) -> bool {
     a.name == b.name
         && a.executor == b.executor
         && a.memory_mb == b.memory_mb
@@ -119,7 +119,10 @@ pub fn same_definition(a: &Function, b: &Function) -> bool {
 
 /// Names of functions added, changed (in definition, not placement) and
 /// removed from `old` to `new`.
-pub fn function_changes(old: &Topology, new: &Topology) -> (Vec<String>, Vec<String>, Vec<String>) {
+pub(crate) fn function_changes(
+    old: &Topology,
+    new: &Topology,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut added = Vec::new();
     let mut changed = Vec::new();
     for f in &new.functions {
@@ -143,7 +146,7 @@ pub fn function_changes(old: &Topology, new: &Topology) -> (Vec<String>, Vec<Str
 pub struct ReloadReport {
     /// Whether the new topology is in effect.
     pub applied: bool,
-    pub file: std::path::PathBuf,
+    pub(crate) file: std::path::PathBuf,
     /// Validation errors, or what only a restart can change.
     pub errors: Vec<String>,
     pub added: Vec<String>,
@@ -153,18 +156,18 @@ pub struct ReloadReport {
     pub edges_added: Vec<String>,
     pub edges_removed: Vec<String>,
     /// The geo database's generation after the reload, if it reloaded.
-    pub geo_generation: Option<u64>,
+    pub(crate) geo_generation: Option<u64>,
     /// Why the geo database was not reloaded (the old one stays).
-    pub geo_error: Option<String>,
+    pub(crate) geo_error: Option<String>,
     /// The view generation of each edge after the reload.
-    pub generations: Vec<(String, u64)>,
+    pub(crate) generations: Vec<(String, u64)>,
 }
 
 /// Something that re-reads the topology (and geo database) and applies
 /// it: the admin listener's `POST /reload` calls it without knowing what
 /// runs the edges (`node::Reloader` does).
 #[async_trait::async_trait]
-pub trait Reload: Send + Sync {
+pub(crate) trait Reload: Send + Sync {
     async fn reload(&self) -> ReloadReport;
 }
 

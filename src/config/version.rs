@@ -17,7 +17,7 @@ use super::{ExecutorKind, Function};
 /// results and are left out, so moving a function between edges or
 /// resizing its pool keeps its cache. Files the command reads (the script
 /// itself) are not hashed: after editing a script in place, purge.
-pub fn function_version(f: &Function) -> u64 {
+pub(crate) fn function_version(f: &Function) -> u64 {
     // Destructured so that a new field in `Function` fails to compile here
     // until someone decides whether it changes results.
     let Function {

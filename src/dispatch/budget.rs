@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     ratio: f64,
     min_per_sec: f64,
     ttl: Duration,
@@ -20,7 +20,7 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    pub fn new(ratio: f64, min_per_sec: f64, ttl: Duration) -> Self {
+    pub(crate) fn new(ratio: f64, min_per_sec: f64, ttl: Duration) -> Self {
         Self {
             ratio,
             min_per_sec,
@@ -48,12 +48,12 @@ impl RetryBudget {
     }
 
     /// Counts one original request.
-    pub fn deposit(&mut self, now: Instant) {
+    pub(crate) fn deposit(&mut self, now: Instant) {
         self.bucket(now).1 += 1;
     }
 
     /// Takes one retry from the budget if there is room.
-    pub fn try_withdraw(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_withdraw(&mut self, now: Instant) -> bool {
         self.bucket(now);
         let (requests, retries) = self
             .buckets

@@ -7,7 +7,7 @@
 //! forwarding with hop count and remaining deadline, retries of idempotent
 //! functions on another edge, and ejection of failing peers.
 
-pub mod budget;
+pub(crate) mod budget;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use crate::headers::{DEADLINE_HEADER, HOP_HEADER, REQUEST_ID_HEADER, TRACE_HEADE
 
 /// Why an invocation could not be forwarded.
 #[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
+pub(crate) enum DispatchError {
     #[error("no healthy edge hosts function {0:?}")]
     NoEdge(String),
     #[error("hop limit of {0} reached")]
@@ -45,7 +45,7 @@ pub enum DispatchError {
 
 /// Why one forwarding attempt failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum AttemptError {
+pub(crate) enum AttemptError {
     #[error("peer is ejected")]
     Ejected,
     #[error("connect timed out")]
@@ -65,7 +65,7 @@ pub enum AttemptError {
 impl AttemptError {
     /// Whether the request may have reached the peer (so only an
     /// idempotent function may be sent again elsewhere).
-    pub fn maybe_sent(&self) -> bool {
+    pub(crate) fn maybe_sent(&self) -> bool {
         match self {
             AttemptError::Ejected | AttemptError::ConnectTimeout | AttemptError::Closed => false,
             AttemptError::Timeout | AttemptError::Unavailable => true,
@@ -76,40 +76,40 @@ impl AttemptError {
 
 /// One invocation to forward.
 #[derive(Debug, Clone)]
-pub struct Forward {
-    pub function: String,
-    pub payload: Bytes,
-    pub deadline: Instant,
+pub(crate) struct Forward {
+    pub(crate) function: String,
+    pub(crate) payload: Bytes,
+    pub(crate) deadline: Instant,
     /// Hops this request has made so far (0 from a client).
-    pub hops: u32,
-    pub request_id: String,
-    pub trace: Option<String>,
+    pub(crate) hops: u32,
+    pub(crate) request_id: String,
+    pub(crate) trace: Option<String>,
     /// Edges never to forward to (e.g. the one this request came from).
-    pub exclude: Vec<EdgeId>,
+    pub(crate) exclude: Vec<EdgeId>,
     /// Set when the rest of a route travels on (`POST /route`) rather
     /// than one function (`POST /fn/{name}`).
-    pub route: Option<RouteCarry>,
+    pub(crate) route: Option<RouteCarry>,
 }
 
 /// What a forwarded route carries besides the event.
 #[derive(Debug, Clone)]
-pub struct RouteCarry {
+pub(crate) struct RouteCarry {
     /// The remaining stack, next step (the forwarded function) first.
-    pub stack: String,
+    pub(crate) stack: String,
     /// `fnroute-route-progress` (steps and expansions used so far).
-    pub progress: String,
+    pub(crate) progress: String,
     /// The route's hop bound (`routing.max_hops`), instead of the mesh's.
-    pub max_hops: u32,
+    pub(crate) max_hops: u32,
     /// Whether the remainder may be retried on another edge after it may
     /// have reached a peer (every step idempotent).
-    pub retryable: bool,
-    pub content_type: Option<String>,
+    pub(crate) retryable: bool,
+    pub(crate) content_type: Option<String>,
 }
 
 /// Local-or-forward decisions and forwarding with retries for one edge.
-pub struct Dispatcher {
-    pub mesh: Arc<Mesh>,
-    pub view: Arc<LiveView>,
+pub(crate) struct Dispatcher {
+    pub(crate) mesh: Arc<Mesh>,
+    pub(crate) view: Arc<LiveView>,
     budget: Mutex<RetryBudget>,
     policy: EjectionPolicy,
 }
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Dispatcher {
 /// (`placement::near_equal`: same class, distance within 1.25 × best +
 /// 300 km); the rest keep their rank order. Pure: randomness comes in as
 /// `r1`, `r2`.
-pub fn order(
+pub(crate) fn order(
     mut list: Vec<placement::Candidate>,
     cost: impl Fn(EdgeId) -> f64,
     r1: u64,
@@ -236,7 +236,7 @@ impl Tries {
 }
 
 impl Dispatcher {
-    pub fn new(mesh: Arc<Mesh>, view: Arc<LiveView>) -> Self {
+    pub(crate) fn new(mesh: Arc<Mesh>, view: Arc<LiveView>) -> Self {
         let policy = EjectionPolicy {
             threshold: mesh.settings.eject_after,
             ..EjectionPolicy::default()
@@ -249,13 +249,13 @@ impl Dispatcher {
         }
     }
 
-    pub fn max_hops(&self) -> u32 {
+    pub(crate) fn max_hops(&self) -> u32 {
         self.mesh.settings.max_hops
     }
 
     /// Whether the local pool of `f` is full (running plus queued at the
     /// concurrency limit plus the queue), so new work should go elsewhere.
-    pub fn saturated(exec: &Executors, f: &Function, queue: u32) -> bool {
+    pub(crate) fn saturated(exec: &Executors, f: &Function, queue: u32) -> bool {
         exec.backlog(&f.name)
             .is_some_and(|n| n >= (f.concurrency_max + queue) as usize)
     }
@@ -263,7 +263,7 @@ impl Dispatcher {
     /// Healthy, non-draining, non-ejected peers hosting `f`, best first:
     /// ranked from this edge's location by class and distance, the first
     /// picked by P2C over peak-EWMA among near-equal candidates.
-    pub fn candidates(&self, f: &Function, exclude: &[EdgeId], now: Instant) -> Vec<EdgeId> {
+    pub(crate) fn candidates(&self, f: &Function, exclude: &[EdgeId], now: Instant) -> Vec<EdgeId> {
         let view = self.view.load();
         let Some(here) = view.topology.edges.get(self.mesh.edge).map(|e| e.location) else {
             return Vec::new();
@@ -294,7 +294,11 @@ impl Dispatcher {
     /// on the next candidate after a connection failure, reset, timeout
     /// or 503, within the retry budget. Non-idempotent ones are retried
     /// only when the request cannot have reached the peer.
-    pub async fn forward(&self, f: &Function, mut fwd: Forward) -> Result<Reply, DispatchError> {
+    pub(crate) async fn forward(
+        &self,
+        f: &Function,
+        mut fwd: Forward,
+    ) -> Result<Reply, DispatchError> {
         let max_hops = fwd.route.as_ref().map_or(self.max_hops(), |r| r.max_hops);
         if fwd.hops >= max_hops {
             return Err(DispatchError::HopLimit(max_hops));
@@ -340,7 +344,7 @@ impl Dispatcher {
 
     /// SIMULATION ONLY: the emulated WAN round trip to `peer`
     /// (`mesh.simulated_rtt_ms_per_1000km`; zero when off).
-    pub fn simulated_rtt(&self, peer: EdgeId) -> Duration {
+    pub(crate) fn simulated_rtt(&self, peer: EdgeId) -> Duration {
         let per_1000km = self.mesh.settings.simulated_rtt_ms_per_1000km;
         if per_1000km <= 0.0 {
             return Duration::ZERO;

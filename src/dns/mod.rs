@@ -46,7 +46,7 @@ use crate::config::{EdgeId, Topology};
 use crate::geo::GeoDb;
 use crate::mesh::LiveView;
 
-pub use rrl::{RateLimiter, Verdict};
+pub(crate) use rrl::{RateLimiter, Verdict};
 
 /// Idle TCP connections are closed after this long.
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -95,7 +95,7 @@ pub struct DnsStats {
 
 impl DnsStats {
     /// Counters for a topology with `functions` functions and `edges` edges.
-    pub fn new(functions: usize, edges: usize) -> Self {
+    pub(crate) fn new(functions: usize, edges: usize) -> Self {
         Self {
             fallback: AtomicU64::new(0),
             queries: Default::default(),
@@ -107,7 +107,7 @@ impl DnsStats {
     /// The counters for `new` after a reload from `old` (same edges):
     /// every count carried over, answers re-indexed by function name, so
     /// the exported counters stay monotonic.
-    pub fn carried(&self, old: &Topology, new: &Topology) -> Self {
+    pub(crate) fn carried(&self, old: &Topology, new: &Topology) -> Self {
         let next = Self::new(new.functions.len(), new.edges.len());
         next.fallback.store(self.fallback(), Ordering::Relaxed);
         for (row, old_row) in next.queries.iter().zip(&self.queries) {
@@ -136,13 +136,6 @@ impl DnsStats {
         self.fallback.load(Ordering::Relaxed)
     }
 
-    /// Queries answered with this type and response code.
-    pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
-        let t = QTYPES.iter().position(|q| q.1 == qtype).unwrap_or(OTHER);
-        let r = RCODES.iter().position(|c| c.1 == rcode).unwrap_or(OTHER);
-        self.queries[t][r].load(Ordering::Relaxed)
-    }
-
     fn count_fallback(&self) {
         self.fallback.fetch_add(1, Ordering::Relaxed);
     }
@@ -160,7 +153,7 @@ impl DnsStats {
     }
 
     /// Copies the counters into the metrics recorder as edge `edge`.
-    pub fn export(&self, edge: &str, topology: &Topology) {
+    pub(crate) fn export(&self, edge: &str, topology: &Topology) {
         for (t, row) in self.queries.iter().enumerate() {
             for (r, n) in row.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
@@ -211,7 +204,7 @@ pub struct DnsState {
 
 impl DnsState {
     /// The state of `h`'s edge, for its current topology.
-    pub fn for_edge(h: &DnsHandle) -> Self {
+    pub(crate) fn for_edge(h: &DnsHandle) -> Self {
         let topology = h.view.load().topology.clone();
         let mut s = Self::new(h.edge, topology, h.geo.clone(), h.view.clone());
         s.stats = h.stats.load_full();
@@ -220,7 +213,7 @@ impl DnsState {
 
     /// The state of `h`'s edge after a topology reload: tables rebuilt
     /// from the new topology, the rate limiter (and its buckets) kept.
-    pub fn reloaded(h: &DnsHandle, old: &DnsState) -> Self {
+    pub(crate) fn reloaded(h: &DnsHandle, old: &DnsState) -> Self {
         let mut s = Self::for_edge(h);
         if s.rate_limit.is_some() {
             s.rate_limit = old.rate_limit.clone();
@@ -300,7 +293,7 @@ impl DnsState {
     }
 
     /// The rate limiter's verdict for a UDP response to `client` now.
-    pub fn rate_limit(&self, client: IpAddr) -> Verdict {
+    pub(crate) fn rate_limit(&self, client: IpAddr) -> Verdict {
         match &self.rate_limit {
             None => Verdict::Send,
             Some(l) => l.check(client, self.epoch.elapsed().as_millis() as u64),
@@ -315,7 +308,7 @@ impl DnsState {
 
 /// The current state of one edge's DNS front door; a topology reload
 /// stores a rebuilt one, which every worker picks up at its next query.
-pub type DnsCell = Arc<ArcSwap<DnsState>>;
+pub(crate) type DnsCell = Arc<ArcSwap<DnsState>>;
 
 /// One worker's answering machine: the shared state and a private
 /// decision cache.
@@ -331,7 +324,7 @@ impl Responder {
     }
 
     /// A responder following `cell` (reloads included).
-    pub fn with_cell(cell: DnsCell) -> Self {
+    pub(crate) fn with_cell(cell: DnsCell) -> Self {
         Self {
             state: cell.load_full(),
             cell,
@@ -339,13 +332,13 @@ impl Responder {
         }
     }
 
-    pub fn state(&self) -> &Arc<DnsState> {
+    pub(crate) fn state(&self) -> &Arc<DnsState> {
         &self.state
     }
 
     /// Picks up a reloaded state (and drops decisions made under the old
     /// one). One atomic load when nothing changed.
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let current = self.cell.load();
         if !Arc::ptr_eq(&current, &self.state) {
             self.state = Arc::clone(&current);
@@ -384,13 +377,6 @@ pub fn answer(
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
     answer::respond(state, None, packet, client, transport, &mut out).then_some(out)
-}
-
-/// An empty truncated (TC) answer to `packet`, as sent for a rate-limit
-/// slip.
-pub fn truncated(packet: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    answer::truncated(packet, &mut out).then_some(out)
 }
 
 /// The bound, not yet serving, sockets of one edge's DNS front door.
@@ -478,18 +464,18 @@ impl BoundDns {
 /// reload stores rebuilt state into. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DnsHandle {
-    pub edge: EdgeId,
-    pub geo: Arc<GeoDb>,
-    pub view: Arc<LiveView>,
+    pub(crate) edge: EdgeId,
+    pub(crate) geo: Arc<GeoDb>,
+    pub(crate) view: Arc<LiveView>,
     /// Counters (exported at scrape time; replaced, with the query counters
     /// carried over, when a reload changes the functions or edges).
-    pub stats: Arc<ArcSwap<DnsStats>>,
+    pub(crate) stats: Arc<ArcSwap<DnsStats>>,
     /// The serving state, once bound.
     cell: Arc<std::sync::OnceLock<DnsCell>>,
 }
 
 impl DnsHandle {
-    pub fn new(edge: EdgeId, geo: Arc<GeoDb>, view: Arc<LiveView>) -> Self {
+    pub(crate) fn new(edge: EdgeId, geo: Arc<GeoDb>, view: Arc<LiveView>) -> Self {
         let t = view.load().topology.clone();
         Self {
             edge,
@@ -505,7 +491,7 @@ impl DnsHandle {
 
     /// Applies a topology the live view already holds: counters carried
     /// from `old` to `new`, answer tables rebuilt (rate limiter kept).
-    pub fn reload(&self, old: &Topology, new: &Topology) {
+    pub(crate) fn reload(&self, old: &Topology, new: &Topology) {
         self.stats
             .store(Arc::new(self.stats.load().carried(old, new)));
         if let Some(cell) = self.cell.get() {
@@ -516,7 +502,7 @@ impl DnsHandle {
 
 /// Binds the edge's `dns_listen` for UDP and TCP. Port 0 picks a free port
 /// shared by both. Errors name the address.
-pub async fn bind(h: &DnsHandle) -> anyhow::Result<BoundDns> {
+pub(crate) async fn bind(h: &DnsHandle) -> anyhow::Result<BoundDns> {
     let bound = bind_state(Arc::new(DnsState::for_edge(h))).await?;
     // The cell a topology reload stores into (first bind wins).
     let _ = h.cell.set(bound.cell.clone());
@@ -597,12 +583,6 @@ async fn bind_doq(topology: &Topology, want: SocketAddr) -> anyhow::Result<Doq> 
 /// threads as well.
 fn default_udp_sockets() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
-}
-
-/// Binds and serves one edge's DNS front door until `token` is cancelled.
-pub async fn serve(h: DnsHandle, token: CancellationToken) -> anyhow::Result<()> {
-    bind(&h).await?.serve(token).await;
-    Ok(())
 }
 
 /// hickory-server's TCP front end, answering through `answer::respond`.

@@ -21,7 +21,7 @@ const MILLI: f64 = 1000.0;
 
 /// What to do with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Send,
     /// Over the limit: send nothing.
     Drop,
@@ -31,7 +31,7 @@ pub enum Verdict {
     Slip,
 }
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     cfg: RateLimit,
     /// Per bucket: high 32 bits the last refill (ms, wrapping), low 32 bits
     /// the deficit below a full bucket in thousandths of a token (so an
@@ -41,7 +41,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(cfg: RateLimit) -> Self {
+    pub(crate) fn new(cfg: RateLimit) -> Self {
         Self {
             cfg,
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -50,7 +50,7 @@ impl RateLimiter {
     }
 
     /// Takes one token from `client`'s prefix bucket at time `now_ms`.
-    pub fn check(&self, client: IpAddr, now_ms: u64) -> Verdict {
+    pub(crate) fn check(&self, client: IpAddr, now_ms: u64) -> Verdict {
         let (bits, a) = to_bits(client);
         let prefix = if bits == 32 {
             self.cfg.ipv4_prefix
@@ -91,7 +91,7 @@ impl RateLimiter {
     }
 
     /// Responses dropped or slipped so far.
-    pub fn limited(&self) -> u64 {
+    pub(crate) fn limited(&self) -> u64 {
         self.drops.load(Ordering::Relaxed)
     }
 }

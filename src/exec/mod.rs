@@ -47,11 +47,11 @@ use crate::config::{EdgeId, ExecutorKind, Function, Topology};
 
 /// How long after an invocation's deadline its caller gives up waiting for
 /// the worker to be killed and answers `Timeout` itself.
-pub const KILL_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
 /// `retry-after` suggested when a pool is saturated.
-pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Largest result a function may return (AWS Lambda's synchronous limit).
-pub const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
+pub(crate) const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
 
 /// One request to run a function.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct Invocation {
 pub struct Output {
     pub body: Bytes,
     /// Content type the function set, if any.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// A `cache-control`-style value for this one result, when the function
     /// gave one out of band (a `command` function's stderr line
     /// `fnroute-cache-control: …`; see docs/cache.md). `lambda` results carry
@@ -84,7 +84,7 @@ pub struct Output {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
     /// Waiting for a worker (including a cold start).
-    pub queued: Duration,
+    pub(crate) queued: Duration,
     /// From handing the event to the worker until its result.
     pub run: Duration,
     /// A new worker had to be started for this invocation.
@@ -131,7 +131,7 @@ pub struct FunctionStats {
     /// Live worker processes (lambda), or running processes (command).
     pub workers: usize,
     /// Workers started but not yet asking for work.
-    pub starting: usize,
+    pub(crate) starting: usize,
     /// Workers waiting in `next`.
     pub idle: usize,
     /// Workers running an invocation.
@@ -143,9 +143,9 @@ pub struct FunctionStats {
     /// Invocations that waited for a new worker.
     pub cold_starts: u64,
     /// Sum of cold-start init times (spawn to first `next`).
-    pub cold_start_total: Duration,
+    pub(crate) cold_start_total: Duration,
     /// The latest cold-start init time.
-    pub last_cold_start: Option<Duration>,
+    pub(crate) last_cold_start: Option<Duration>,
     /// Workers that exited on their own (crashed).
     pub crashes: u64,
     /// Workers (or commands) killed at a deadline.
@@ -162,16 +162,16 @@ pub struct FunctionStats {
 
 /// One metered invocation (emitted to the log as `fnroute::metering`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MeterRecord {
-    pub function: String,
-    pub edge: String,
-    pub duration: Duration,
+pub(crate) struct MeterRecord {
+    pub(crate) function: String,
+    pub(crate) edge: String,
+    pub(crate) duration: Duration,
     /// `duration` rounded up to a whole millisecond (at least 1).
-    pub billed_ms: u64,
-    pub memory_mb: u32,
-    pub gb_seconds: f64,
+    pub(crate) billed_ms: u64,
+    pub(crate) memory_mb: u32,
+    pub(crate) gb_seconds: f64,
     /// Whether the function answered with a result.
-    pub ok: bool,
+    pub(crate) ok: bool,
 }
 
 /// Running metering totals of one function on this edge.
@@ -227,10 +227,10 @@ enum Pool {
 
 /// What a reload did to the pools of one edge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reconciled {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
+pub(crate) struct Reconciled {
+    pub(crate) added: Vec<String>,
+    pub(crate) changed: Vec<String>,
+    pub(crate) removed: Vec<String>,
 }
 
 impl Executors {
@@ -301,7 +301,7 @@ impl Executors {
     /// then its workers stop), pools of functions no longer hosted here
     /// drain and stop. Unchanged functions keep their warm pools.
     /// In-flight invocations are never dropped: each holds its pool.
-    pub fn reconcile(self: &Arc<Self>, topology: Arc<Topology>) -> Reconciled {
+    pub(crate) fn reconcile(self: &Arc<Self>, topology: Arc<Topology>) -> Reconciled {
         let old = self.pools.load_full();
         let mut next = BTreeMap::new();
         let mut done = Reconciled::default();
@@ -400,7 +400,7 @@ impl Executors {
 
     /// Running plus queued invocations of `function`'s pool, if it has one
     /// here: what `stats` says of it, without visiting every pool.
-    pub fn backlog(&self, function: &str) -> Option<usize> {
+    pub(crate) fn backlog(&self, function: &str) -> Option<usize> {
         self.pools.load().get(function).map(|e| match &e.pool {
             Pool::Lambda(p) => p.backlog(),
             Pool::Command(p) => p.backlog(),

@@ -21,13 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::{EdgeContext, Pipeline};
 
 use crate::tls;
-pub use crate::tls::CertFiles;
-
-pub use crate::headers::{CACHE_HEADER, EDGE_HEADER, REQUEST_ID_HEADER};
 
 /// Why the front door could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum FrontdoorError {
+pub(crate) enum FrontdoorError {
     /// Certificate or key missing, unreadable or invalid.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -46,16 +43,15 @@ pub enum FrontdoorError {
 }
 
 /// A bound, not yet serving, HTTP/3 front door of one edge.
-pub struct FrontDoor {
+pub(crate) struct FrontDoor {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    cert: CertFiles,
     shared: Arc<server::Shared>,
 }
 
 impl FrontDoor {
     /// Binds the edge's `quic_listen` (see `bind_to`).
-    pub fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
+    pub(crate) fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
         let addr = cx
             .topology()
             .edges
@@ -68,7 +64,7 @@ impl FrontDoor {
     /// Loads or generates the certificate, creates the UDP socket with the
     /// configured buffer sizes and binds the QUIC endpoint on `addr`. Must
     /// run inside a tokio runtime.
-    pub fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
+    pub(crate) fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
         let cert = tls::cert_files(&cx.topology())?;
         let pipeline = Arc::new(Pipeline::new(cx)?);
         let (endpoint, shared) = server::bind(pipeline, addr, &cert)?;
@@ -78,25 +74,19 @@ impl FrontDoor {
         Ok(Self {
             endpoint,
             local_addr,
-            cert,
             shared,
         })
     }
 
     /// The bound address (the real port when `quic_listen` has port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The certificate the endpoint presents.
-    pub fn cert(&self) -> &CertFiles {
-        &self.cert
     }
 
     /// Serves until `token` is cancelled, then sends GOAWAY on every
     /// connection, lets in-flight requests finish (each is bounded by its
     /// function's deadline) and closes the endpoint.
-    pub async fn serve(self, token: CancellationToken) {
+    pub(crate) async fn serve(self, token: CancellationToken) {
         server::serve(self.endpoint, self.shared, token).await
     }
 }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// Mean Earth radius (IUGG), kilometres.
-pub const EARTH_RADIUS_KM: f64 = 6371.0088;
+pub(crate) const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 /// A point on Earth, degrees.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -29,7 +29,7 @@ pub struct Location {
 
 impl Location {
     /// Great-circle distance in kilometres (haversine formula).
-    pub fn distance_km(&self, other: &Self) -> f64 {
+    pub(crate) fn distance_km(&self, other: &Self) -> f64 {
         let (la1, la2) = (self.lat.to_radians(), other.lat.to_radians());
         let dla = la2 - la1;
         let dlo = (other.lon - self.lon).to_radians();
@@ -48,7 +48,7 @@ pub struct GeoAnswer {
     /// ISO 3166-1 alpha-2 country code, upper case.
     pub country: Option<[u8; 2]>,
     /// Two-letter continent code (EU, NA, AS, …).
-    pub continent: Option<[u8; 2]>,
+    pub(crate) continent: Option<[u8; 2]>,
     /// Prefix length (in the address's own family) of the database network
     /// that decided: the most specific network holding the address, with
     /// or without data.
@@ -151,12 +151,8 @@ impl GeoDb {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn default_location(&self) -> Location {
-        self.default
     }
 
     /// Starts at 1 and grows by one with every successful reload.
@@ -208,13 +204,6 @@ impl GeoDb {
         let reader = self.reader.load();
         let result = reader.lookup(canonical(ip)).ok()?;
         result.decode::<serde_json::Value>().ok().flatten()
-    }
-
-    /// Database metadata: type and build time.
-    pub fn metadata(&self) -> (String, u64) {
-        let r = self.reader.load();
-        let m = r.metadata();
-        (m.database_type.clone(), m.build_epoch)
     }
 
     /// Re-reads the file. A file that does not verify is rejected and the

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// replaces it at once (peak sensitivity); lower samples decay it towards
 /// themselves with time constant `decay`.
 #[derive(Debug, Clone, Copy)]
-pub struct PeakEwma {
+pub(crate) struct PeakEwma {
     rtt_ns: f64,
     stamp: Instant,
     decay: Duration,
@@ -20,11 +20,11 @@ pub struct PeakEwma {
 }
 
 /// Linkerd's default decay.
-pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
 impl PeakEwma {
     /// Starts at `initial` (e.g. the probe RTT, or a default before any).
-    pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
+    pub(crate) fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
         Self {
             rtt_ns: initial.as_nanos() as f64,
             stamp: now,
@@ -34,7 +34,7 @@ impl PeakEwma {
     }
 
     /// Records one observed round trip.
-    pub fn observe(&mut self, rtt: Duration, now: Instant) {
+    pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         if sample > self.rtt_ns {
             self.rtt_ns = sample;
@@ -46,21 +46,22 @@ impl PeakEwma {
         self.stamp = now;
     }
 
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         self.pending = self.pending.saturating_add(1);
     }
 
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.pending = self.pending.saturating_sub(1);
     }
 
     /// The estimate in nanoseconds.
-    pub fn rtt_ns(&self) -> f64 {
+    #[cfg(test)]
+    fn rtt_ns(&self) -> f64 {
         self.rtt_ns
     }
 
     /// Cost used for the choice: RTT × (in flight + 1).
-    pub fn cost(&self) -> f64 {
+    pub(crate) fn cost(&self) -> f64 {
         self.rtt_ns * f64::from(self.pending + 1)
     }
 }
@@ -68,7 +69,7 @@ impl PeakEwma {
 /// Power of two choices: of two distinct candidates drawn from `n` with
 /// the random numbers `r1`, `r2`, the index with the lower cost. `None`
 /// when `n` is 0.
-pub fn p2c(n: usize, r1: u64, r2: u64, cost: impl Fn(usize) -> f64) -> Option<usize> {
+pub(crate) fn p2c(n: usize, r1: u64, r2: u64, cost: impl Fn(usize) -> f64) -> Option<usize> {
     match n {
         0 => None,
         1 => Some(0),

@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EjectionPolicy {
-    pub threshold: u32,
-    pub base: Duration,
-    pub max: Duration,
+pub(crate) struct EjectionPolicy {
+    pub(crate) threshold: u32,
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Default for EjectionPolicy {
@@ -39,7 +39,7 @@ enum State {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Outlier {
+pub(crate) struct Outlier {
     state: State,
     consecutive_failures: u32,
     times_ejected: u32,
@@ -58,7 +58,7 @@ impl Default for Outlier {
 impl Outlier {
     /// May a request go to this peer now? An ejected peer whose backoff has
     /// ended admits exactly one probe request.
-    pub fn admit(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
         match self.state {
             State::Active => true,
             State::Probing => false,
@@ -70,7 +70,7 @@ impl Outlier {
         }
     }
 
-    pub fn is_ejected(&self, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         match self.state {
             State::Active => false,
             State::Probing => true,
@@ -78,7 +78,7 @@ impl Outlier {
         }
     }
 
-    pub fn success(&mut self) {
+    pub(crate) fn success(&mut self) {
         self.consecutive_failures = 0;
         if self.state == State::Probing {
             self.state = State::Active;
@@ -87,7 +87,12 @@ impl Outlier {
 
     /// Records a failure; `jitter` in 0..1 spreads re-probes of many edges.
     /// Returns the ejection time if this failure ejected the peer.
-    pub fn failure(&mut self, p: EjectionPolicy, now: Instant, jitter: f64) -> Option<Duration> {
+    pub(crate) fn failure(
+        &mut self,
+        p: EjectionPolicy,
+        now: Instant,
+        jitter: f64,
+    ) -> Option<Duration> {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let eject = match self.state {
             State::Probing => true,

@@ -4,9 +4,9 @@
 
 /// Thresholds (HAProxy's `fall`/`rise`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hysteresis {
-    pub fall: u32,
-    pub rise: u32,
+pub(crate) struct Hysteresis {
+    pub(crate) fall: u32,
+    pub(crate) rise: u32,
 }
 
 impl Default for Hysteresis {
@@ -17,7 +17,7 @@ impl Default for Hysteresis {
 
 /// What the prober believes about one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerHealth {
+pub(crate) struct PeerHealth {
     up: bool,
     fails: u32,
     oks: u32,
@@ -36,12 +36,12 @@ impl Default for PeerHealth {
 }
 
 impl PeerHealth {
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up
     }
 
     /// Records one probe outcome; returns the new state if it changed.
-    pub fn record(&mut self, ok: bool, h: Hysteresis) -> Option<bool> {
+    pub(crate) fn record(&mut self, ok: bool, h: Hysteresis) -> Option<bool> {
         if ok {
             self.fails = 0;
             self.oks = self.oks.saturating_add(1);

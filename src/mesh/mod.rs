@@ -9,10 +9,10 @@
 //! publishes a new generation when something changed.
 
 /// Peer latency (peak EWMA) and the power-of-two-choices pick.
-pub mod balance;
+pub(crate) mod balance;
 /// Outlier detection and ejection of failing peers.
-pub mod eject;
-pub mod health;
+pub(crate) mod eject;
+pub(crate) mod health;
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ impl LiveView {
     }
 
     /// The current snapshot as an owned `Arc`.
-    pub fn snapshot(&self) -> Arc<View> {
+    pub(crate) fn snapshot(&self) -> Arc<View> {
         self.current.load_full()
     }
 
@@ -80,7 +80,7 @@ use transport::{Client, ClientError, Connection};
 /// probing (`probe::Prober`); at hundreds of edges, a gossip source
 /// (docs/ARCHITECTURE.md) implements the same trait.
 #[async_trait::async_trait]
-pub trait ViewSource: Send + Sync {
+pub(crate) trait ViewSource: Send + Sync {
     /// Publishes peer state into `view` until `token` is cancelled.
     async fn run(
         self: std::sync::Arc<Self>,
@@ -91,7 +91,7 @@ pub trait ViewSource: Send + Sync {
 
 /// Why the mesh of an edge could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum MeshError {
+pub(crate) enum MeshError {
     #[error("cluster pki: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("mesh client: {0}")]
@@ -100,35 +100,35 @@ pub enum MeshError {
 
 /// `GET /health` of an edge, answered to authenticated peers only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthReport {
-    pub edge: String,
-    pub draining: bool,
+pub(crate) struct HealthReport {
+    pub(crate) edge: String,
+    pub(crate) draining: bool,
     /// In-flight invocations as a share of the edge's capacity.
-    pub load: f64,
-    pub functions: Vec<FunctionLoad>,
+    pub(crate) load: f64,
+    pub(crate) functions: Vec<FunctionLoad>,
 }
 
 /// The load of one function's pool on the reporting edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FunctionLoad {
-    pub function: String,
-    pub in_flight: usize,
-    pub queued: usize,
-    pub capacity: u32,
+pub(crate) struct FunctionLoad {
+    pub(crate) function: String,
+    pub(crate) in_flight: usize,
+    pub(crate) queued: usize,
+    pub(crate) capacity: u32,
     /// Recent (EWMA) local run latency in milliseconds, if any ran.
-    pub latency_ms: Option<f64>,
+    pub(crate) latency_ms: Option<f64>,
 }
 
 /// What this edge knows about one peer.
 #[derive(Debug, Clone)]
-pub struct PeerStats {
-    pub health: PeerHealth,
+pub(crate) struct PeerStats {
+    pub(crate) health: PeerHealth,
     /// Probe and forward round trips (peak-EWMA, with pending forwards).
-    pub ewma: PeakEwma,
+    pub(crate) ewma: PeakEwma,
     /// Passive ejection from forwarded request outcomes.
-    pub outlier: Outlier,
-    pub last_report: Option<HealthReport>,
-    pub last_rtt: Option<Duration>,
+    pub(crate) outlier: Outlier,
+    pub(crate) last_report: Option<HealthReport>,
+    pub(crate) last_rtt: Option<Duration>,
 }
 
 struct Peer {
@@ -144,11 +144,11 @@ struct Peer {
 
 /// The mesh side of one edge: cluster identity, the pooled mTLS
 /// connections to every peer and what is known about each peer.
-pub struct Mesh {
-    pub edge: EdgeId,
-    pub edge_name: String,
-    pub settings: MeshSettings,
-    pub cluster: pki::Cluster,
+pub(crate) struct Mesh {
+    pub(crate) edge: EdgeId,
+    pub(crate) edge_name: String,
+    pub(crate) settings: MeshSettings,
+    pub(crate) cluster: pki::Cluster,
     client: Client,
     /// Indexed by `EdgeId`; this edge's own slot is never used. Grows when
     /// a live reload adds edges (`sync`); slots are never removed.
@@ -182,12 +182,12 @@ fn new_peer(e: &crate::config::Edge) -> Peer {
 }
 
 /// Initial RTT estimate of a peer before any probe (linkerd's default).
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// What an edge says about its own load in health answers. The executors
 /// implement it (in `node`, which sees both layers): the mesh reports the
 /// numbers without depending on the layer above it.
-pub trait LocalLoad: Send + Sync {
+pub(crate) trait LocalLoad: Send + Sync {
     /// Shutting down: peers should stop sending work.
     fn is_draining(&self) -> bool;
     /// In-flight invocations over capacity (0.0 idle, 1.0 full).
@@ -200,7 +200,7 @@ pub trait LocalLoad: Send + Sync {
 impl Mesh {
     /// Loads the cluster material and binds the mesh client on the edge's
     /// QUIC listen IP (call inside a tokio runtime).
-    pub fn new(
+    pub(crate) fn new(
         topology: &crate::config::Topology,
         settings: &MeshSettings,
         edge: EdgeId,
@@ -231,7 +231,7 @@ impl Mesh {
     }
 
     /// Every peer edge (all edges but this one and retired ones).
-    pub fn peer_ids(&self) -> Vec<EdgeId> {
+    pub(crate) fn peer_ids(&self) -> Vec<EdgeId> {
         let peers = self.peers.load();
         (0..peers.len())
             .filter(|&i| {
@@ -247,7 +247,7 @@ impl Mesh {
         self.peers.load().get(peer).cloned()
     }
 
-    pub fn peer_name(&self, peer: EdgeId) -> String {
+    pub(crate) fn peer_name(&self, peer: EdgeId) -> String {
         self.peer(peer)
             .map_or_else(|| "?".to_string(), |p| p.name.clone())
     }
@@ -256,7 +256,7 @@ impl Mesh {
     /// edges keep their slots): new edges get a peer slot, retired ones
     /// are no longer probed and lose their pooled connection, and the
     /// cluster accepts the new edge names.
-    pub fn sync(&self, topology: &crate::config::Topology) {
+    pub(crate) fn sync(&self, topology: &crate::config::Topology) {
         use std::sync::atomic::Ordering;
         let old = self.peers.load_full();
         let mut next: Vec<Arc<Peer>> = Vec::with_capacity(topology.edges.len());
@@ -286,7 +286,7 @@ impl Mesh {
 
     /// The pooled connection to `peer`, connecting if there is none or it
     /// closed. Not bounded in time here: callers wrap it in their deadline.
-    pub async fn connection(
+    pub(crate) async fn connection(
         &self,
         peer: EdgeId,
     ) -> Result<std::sync::Arc<Connection>, ClientError> {
@@ -309,14 +309,14 @@ impl Mesh {
 
     /// Where `peer` really listens, when it runs in this process (a
     /// configured port 0 is only known after binding).
-    pub fn set_peer_addr(&self, peer: EdgeId, addr: SocketAddr) {
+    pub(crate) fn set_peer_addr(&self, peer: EdgeId, addr: SocketAddr) {
         if let Some(p) = self.peer(peer) {
             *p.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
         }
     }
 
     /// Forgets `conn` if it is still the pooled connection of `peer`.
-    pub fn drop_connection(&self, peer: EdgeId, conn: &std::sync::Arc<Connection>) {
+    pub(crate) fn drop_connection(&self, peer: EdgeId, conn: &std::sync::Arc<Connection>) {
         if let Some(p) = self.peer(peer) {
             if let Ok(mut slot) = p.conn.try_lock() {
                 if slot
@@ -330,14 +330,18 @@ impl Mesh {
     }
 
     /// Runs `f` on the stats of `peer`.
-    pub fn with_stats<T>(&self, peer: EdgeId, f: impl FnOnce(&mut PeerStats) -> T) -> Option<T> {
+    pub(crate) fn with_stats<T>(
+        &self,
+        peer: EdgeId,
+        f: impl FnOnce(&mut PeerStats) -> T,
+    ) -> Option<T> {
         let p = self.peer(peer)?;
         let mut s = p.stats.lock().unwrap_or_else(|e| e.into_inner());
         Some(f(&mut s))
     }
 
     /// Records one probe outcome of `peer`.
-    pub fn record_probe(
+    pub(crate) fn record_probe(
         &self,
         peer: EdgeId,
         result: Result<(HealthReport, Duration), probe::ProbeError>,
@@ -371,7 +375,7 @@ impl Mesh {
     }
 
     /// The view state of `peer` from its probes (up until proven down).
-    pub fn peer_state(&self, peer: EdgeId) -> Option<EdgeState> {
+    pub(crate) fn peer_state(&self, peer: EdgeId) -> Option<EdgeState> {
         self.with_stats(peer, |s| EdgeState {
             healthy: s.health.is_up(),
             draining: s.last_report.as_ref().is_some_and(|r| r.draining),
@@ -380,7 +384,7 @@ impl Mesh {
     }
 
     /// Records the run latency of a local invocation.
-    pub fn record_latency(&self, function: &str, took: Duration) {
+    pub(crate) fn record_latency(&self, function: &str, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         let mut m = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         // Allocates only for a function's first call.
@@ -393,7 +397,7 @@ impl Mesh {
     }
 
     /// This edge's health document.
-    pub fn report(&self, exec: &dyn LocalLoad, view: &LiveView) -> HealthReport {
+    pub(crate) fn report(&self, exec: &dyn LocalLoad, view: &LiveView) -> HealthReport {
         let latency = self
             .latency
             .lock()

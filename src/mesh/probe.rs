@@ -15,7 +15,7 @@ use crate::placement::EdgeState;
 
 /// All-pairs active probing (O(n²) over the fleet; see
 /// docs/ARCHITECTURE.md for the gossip source that replaces it at scale).
-pub struct Prober {
+pub(crate) struct Prober {
     mesh: Arc<Mesh>,
     exec: Arc<dyn LocalLoad>,
     /// What the last round observed per edge (starts as the static view:
@@ -24,7 +24,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(mesh: Arc<Mesh>, exec: Arc<dyn LocalLoad>, edges: usize) -> Self {
+    pub(crate) fn new(mesh: Arc<Mesh>, exec: Arc<dyn LocalLoad>, edges: usize) -> Self {
         Self {
             mesh,
             exec,
@@ -35,10 +35,10 @@ impl Prober {
 
 /// Shortest probe timeout: below this a busy machine's scheduling jitter
 /// alone would fail probes.
-pub const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+pub(crate) const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(50);
 /// Longest probe timeout: a peer that cannot answer `/health` (from
 /// memory) within this is not serving well, whatever the interval.
-pub const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
 /// How long one probe may take: the interval, clamped to
 /// `PROBE_TIMEOUT_MIN..=PROBE_TIMEOUT_MAX`.
@@ -54,7 +54,7 @@ pub const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 /// interval until the first probe that can fail (the previous one may have
 /// just succeeded), `fall` failed probes one interval apart, the last one
 /// failing at its timeout. See `detection_bound`.
-pub fn probe_timeout(interval: Duration) -> Duration {
+pub(crate) fn probe_timeout(interval: Duration) -> Duration {
     interval.clamp(PROBE_TIMEOUT_MIN, PROBE_TIMEOUT_MAX)
 }
 
@@ -165,7 +165,7 @@ impl Prober {
 
 /// Why a probe of a peer failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
     #[error("connecting: {0}")]

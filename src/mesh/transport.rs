@@ -39,7 +39,7 @@ pub enum ClientError {
 
 /// The error underneath (quinn's, h3's, rustls's): kept for `source()`;
 /// each variant's message already includes it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which server certificates to trust.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::config::ExecutorKind;
 use super::problem::{Problem, ProblemKind};
 
 /// One edge's response cache.
-pub type ResponseCache = Cache<CachedReply, Problem>;
+pub(crate) type ResponseCache = Cache<CachedReply, Problem>;
 
 /// A successful result as the front door sends it, with what the function
 /// said about caching it.
@@ -33,7 +33,11 @@ impl CachedReply {
     /// The directive of a result: `lambda` results say it in an
     /// API-Gateway-style `headers` object, `command` functions on a stderr
     /// line (docs/cache.md).
-    pub fn directive_of(kind: ExecutorKind, body: &[u8], cache_control: Option<&str>) -> Directive {
+    pub(crate) fn directive_of(
+        kind: ExecutorKind,
+        body: &[u8],
+        cache_control: Option<&str>,
+    ) -> Directive {
         match (kind, cache_control) {
             (_, Some(value)) => Directive::parse(value),
             (ExecutorKind::Lambda, None) => cache::lambda_directive(body),

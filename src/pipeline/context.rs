@@ -18,18 +18,18 @@ use crate::mesh::LiveView;
 #[derive(Debug, Clone)]
 pub struct EdgeContext {
     pub edge: EdgeId,
-    pub geo: Arc<GeoDb>,
+    pub(crate) geo: Arc<GeoDb>,
     pub view: Arc<LiveView>,
     /// This edge's executor pools (worker processes).
     pub exec: Arc<Executors>,
     /// The process's reloader (shared by every edge of a `Fleet`; weak,
     /// as the reloader holds the contexts). Unset outside a `Fleet`.
-    pub reloader: Arc<std::sync::OnceLock<std::sync::Weak<dyn Reload>>>,
+    pub(crate) reloader: Arc<std::sync::OnceLock<std::sync::Weak<dyn Reload>>>,
     /// This edge's response cache (cheap to clone; shared by the front
     /// door and the admin purge endpoint).
     pub cache: super::cached::ResponseCache,
     /// Forwarding to peers (None without a `[mesh]` in the topology).
-    pub dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
+    pub(crate) dispatch: Option<Arc<crate::dispatch::Dispatcher>>,
 }
 
 impl EdgeContext {
@@ -81,7 +81,7 @@ impl EdgeContext {
     }
 
     /// This edge's name (reloads never rename or move the local edge).
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.view
             .load()
             .topology

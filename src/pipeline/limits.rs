@@ -5,17 +5,17 @@ use std::time::Duration;
 
 /// Handshakes in progress above which unvalidated clients must first
 /// prove their address with a stateless retry.
-pub const RETRY_HANDSHAKES: usize = 64;
+pub(crate) const RETRY_HANDSHAKES: usize = 64;
 
 /// How long an invocation may wait for an edge admission slot before it
 /// gets 503: short and bounded, never an unbounded queue.
-pub const ADMISSION_WAIT: Duration = Duration::from_millis(50);
+pub(crate) const ADMISSION_WAIT: Duration = Duration::from_millis(50);
 
-pub use crate::headers::TIMEOUT_HEADER;
+pub(crate) use crate::headers::TIMEOUT_HEADER;
 
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     Accept,
     /// Stateless retry: the client must echo a token from its address.
     Retry,
@@ -26,7 +26,7 @@ pub enum Admit {
 /// not yet closed), handshakes in progress and the configured maximum.
 /// Retry kicks in under load (many handshakes, or three quarters of the
 /// connection budget used) for clients whose address is not validated.
-pub fn admit_connection(
+pub(crate) fn admit_connection(
     open: usize,
     handshaking: usize,
     max_connections: usize,
@@ -46,7 +46,7 @@ pub fn admit_connection(
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `POST /fn/{name}`: one function (a one-step route).
     Invoke(&'a str),
     /// `POST /event/{type}`: an event entering by its type's entry steps.
@@ -59,7 +59,7 @@ pub enum Route<'a> {
 
 /// Maps method and path to a route: `POST /fn/{name}`,
 /// `POST /event/{type}` and `POST /route`.
-pub fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
+pub(crate) fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
     let found = if path == "/route" {
         Route::Stack
     } else if let Some(name) = path.strip_prefix("/fn/") {
@@ -84,7 +84,10 @@ pub fn route<'a>(method: &http::Method, path: &'a str) -> Route<'a> {
 /// The deadline of one invocation: the function's timeout, shortened by
 /// the client's `fnroute-timeout-ms` if given. `Err` for a header that is
 /// not a positive whole number of milliseconds.
-pub fn invocation_timeout(function: Duration, header: Option<&[u8]>) -> Result<Duration, String> {
+pub(crate) fn invocation_timeout(
+    function: Duration,
+    header: Option<&[u8]>,
+) -> Result<Duration, String> {
     let Some(raw) = header else {
         return Ok(function);
     };
@@ -103,7 +106,7 @@ pub fn invocation_timeout(function: Duration, header: Option<&[u8]>) -> Result<D
 
 /// The content type of a result the function did not label: JSON when the
 /// body is a JSON object or array, else bytes.
-pub fn sniff_content_type(body: &[u8]) -> &'static str {
+pub(crate) fn sniff_content_type(body: &[u8]) -> &'static str {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if matches!(first, Some(b'{') | Some(b'['))
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
@@ -116,7 +119,7 @@ pub fn sniff_content_type(body: &[u8]) -> &'static str {
 
 /// `server-timing` value: queue, run and total in milliseconds, and
 /// `cold` when a new worker started for this invocation.
-pub fn server_timing(queue: Duration, run: Duration, total: Duration, cold: bool) -> String {
+pub(crate) fn server_timing(queue: Duration, run: Duration, total: Duration, cold: bool) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut s = format!(
         "queue;dur={:.3}, run;dur={:.3}, total;dur={:.3}",

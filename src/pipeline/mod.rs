@@ -31,7 +31,7 @@ use limits::Route;
 
 pub mod cached;
 mod context;
-pub mod limits;
+pub(crate) mod limits;
 pub mod problem;
 mod routed;
 
@@ -40,7 +40,7 @@ use crate::config::{Function, QuicSettings, Topology};
 use crate::dispatch::{Dispatcher, Forward};
 use crate::exec::Invocation;
 pub use context::EdgeContext;
-pub use problem::{Problem, ProblemKind, PROBLEM_BASE};
+pub(crate) use problem::{Problem, ProblemKind};
 
 /// One edge's pipeline, shared by its front doors: the edge's services,
 /// its admission slots (`capacity`) and the request limits.
@@ -59,7 +59,7 @@ pub(crate) struct Pipeline {
 
 /// Why a pipeline could not be made for an edge.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub(crate) enum PipelineError {
     #[error("edge {0} is not in the topology")]
     NoEdge(crate::config::EdgeId),
     #[error("edge name {0:?} is not a valid header value")]

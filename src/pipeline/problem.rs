@@ -9,7 +9,7 @@ use http::StatusCode;
 use crate::exec::ExecError;
 
 /// Base of every problem `type` URI.
-pub const PROBLEM_BASE: &str = "https://fnroute.dev/problems/";
+pub(crate) const PROBLEM_BASE: &str = "https://fnroute.dev/problems/";
 
 /// The kinds of problem the front door reports; each has a stable type URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub fn slug(self) -> &'static str {
+    pub(crate) fn slug(self) -> &'static str {
         match self {
             Self::UnknownFunction => "unknown-function",
             Self::PayloadTooLarge => "payload-too-large",
@@ -80,7 +80,7 @@ impl ProblemKind {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::UnknownFunction | Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,24 +137,24 @@ impl ProblemKind {
 /// One problem+json response.
 #[derive(Debug, Clone)]
 pub struct Problem {
-    pub kind: ProblemKind,
-    pub detail: String,
-    pub function: Option<String>,
+    pub(crate) kind: ProblemKind,
+    pub(crate) detail: String,
+    pub(crate) function: Option<String>,
     /// The function's error type (`errorType`) for function errors.
-    pub error_type: Option<String>,
-    pub retry_after: Option<Duration>,
+    pub(crate) error_type: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
     /// Where on a route it happened (routed events only; boxed so that
     /// `Result<_, Problem>` stays small).
-    pub route: Option<Box<RouteAt>>,
+    pub(crate) route: Option<Box<RouteAt>>,
 }
 
 /// The step and path of a problem on a route.
 #[derive(Debug, Clone, Default)]
-pub struct RouteAt {
+pub(crate) struct RouteAt {
     /// The route step that failed.
-    pub step: Option<String>,
+    pub(crate) step: Option<String>,
     /// The path taken so far, `step@edge, ...`.
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 impl Problem {
@@ -170,28 +170,28 @@ impl Problem {
     }
 
     /// Names the route step this problem happened at.
-    pub fn step(mut self, step: &str) -> Self {
+    pub(crate) fn step(mut self, step: &str) -> Self {
         self.route.get_or_insert_with(Box::default).step = Some(step.to_string());
         self
     }
 
     /// The path taken so far, if this problem is on a route.
-    pub fn route_path(&self) -> Option<&str> {
+    pub(crate) fn route_path(&self) -> Option<&str> {
         self.route.as_ref().and_then(|r| r.path.as_deref())
     }
 
     /// Sets the path taken so far.
-    pub fn path(mut self, path: String) -> Self {
+    pub(crate) fn path(mut self, path: String) -> Self {
         self.route.get_or_insert_with(Box::default).path = Some(path);
         self
     }
 
-    pub fn function(mut self, name: &str) -> Self {
+    pub(crate) fn function(mut self, name: &str) -> Self {
         self.function = Some(name.to_string());
         self
     }
 
-    pub fn retry_after(mut self, d: Duration) -> Self {
+    pub(crate) fn retry_after(mut self, d: Duration) -> Self {
         self.retry_after = Some(d);
         self
     }
@@ -199,7 +199,7 @@ impl Problem {
     /// Classifies an executor error (the front door's single mapping).
     /// The problem for an invocation that could not be forwarded (the
     /// caller adds the function or step).
-    pub fn from_dispatch(e: &crate::dispatch::DispatchError) -> Self {
+    pub(crate) fn from_dispatch(e: &crate::dispatch::DispatchError) -> Self {
         use crate::dispatch::DispatchError;
         let kind = match e {
             DispatchError::NoEdge(_) => ProblemKind::NoEdge,
@@ -215,7 +215,7 @@ impl Problem {
         }
     }
 
-    pub fn from_exec(function: &str, e: &ExecError) -> Self {
+    pub(crate) fn from_exec(function: &str, e: &ExecError) -> Self {
         let p = match e {
             ExecError::UnknownFunction(_) => Self::new(ProblemKind::UnknownFunction, e.to_string()),
             ExecError::Saturated { retry_after, .. } => {
@@ -235,24 +235,24 @@ impl Problem {
         p.function(function)
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.kind.status()
     }
 
     /// The `type` URI.
-    pub fn type_uri(&self) -> String {
+    pub(crate) fn type_uri(&self) -> String {
         format!("{PROBLEM_BASE}{}", self.kind.slug())
     }
 
     /// `retry-after` in whole seconds (at least 1).
-    pub fn retry_after_secs(&self) -> Option<u64> {
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after
             .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
             .map(|s| s.max(1))
     }
 
     /// The JSON body.
-    pub fn to_json(&self, edge: &str) -> Vec<u8> {
+    pub(crate) fn to_json(&self, edge: &str) -> Vec<u8> {
         let mut v = serde_json::json!({
             "type": self.type_uri(),
             "title": self.kind.title(),

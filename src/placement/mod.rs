@@ -46,7 +46,7 @@ pub struct View {
     /// Indexed by `EdgeId`.
     pub edges: Vec<EdgeState>,
     /// Share of capacity above which an edge spills over to the next.
-    pub load_threshold: f64,
+    pub(crate) load_threshold: f64,
 }
 
 impl View {
@@ -76,7 +76,7 @@ impl View {
 /// Why a candidate sits where it does; the order of the variants is the
 /// order of preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Class {
+pub(crate) enum Class {
     /// Healthy, not draining, below the load threshold.
     Preferred,
     /// Healthy but above the load threshold: spills over to the next.
@@ -90,7 +90,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Preferred => "preferred",
             Self::OverThreshold => "over-threshold",
@@ -105,9 +105,9 @@ impl Class {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     pub edge: EdgeId,
-    pub distance_km: f64,
-    pub load: f64,
-    pub class: Class,
+    pub(crate) distance_km: f64,
+    pub(crate) load: f64,
+    pub(crate) class: Class,
 }
 
 /// Candidates best first. `fallback` is true when no candidate is healthy
@@ -115,14 +115,14 @@ pub struct Candidate {
 /// than nothing), and callers count it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ranking {
-    pub candidates: Vec<Candidate>,
-    pub fallback: bool,
+    pub(crate) candidates: Vec<Candidate>,
+    pub(crate) fallback: bool,
     /// How many candidates the first one was drawn from by capacity
     /// (`rank_client`: the near-equal window of a displaced client, in
     /// rank order once the drawn one is moved to the front). 0 when the
     /// client is not displaced (always from `rank`): the first is simply
     /// the best.
-    pub spread: usize,
+    pub(crate) spread: usize,
 }
 
 impl Ranking {
@@ -132,18 +132,18 @@ impl Ranking {
 
     /// True when the first candidate depends on the client's draw (its
     /// network), not only on its location: it was drawn among two or more.
-    pub fn drawn(&self) -> bool {
+    pub(crate) fn drawn(&self) -> bool {
         self.spread >= 2
     }
 
     /// The first `n` edges.
-    pub fn top(&self, n: usize) -> impl Iterator<Item = EdgeId> + '_ {
+    pub(crate) fn top(&self, n: usize) -> impl Iterator<Item = EdgeId> + '_ {
         self.candidates.iter().take(n).map(|c| c.edge)
     }
 }
 
 /// Classifies one edge state.
-pub fn classify(state: &EdgeState, threshold: f64) -> Class {
+pub(crate) fn classify(state: &EdgeState, threshold: f64) -> Class {
     if !state.healthy {
         Class::Unhealthy
     } else if state.draining {
@@ -200,13 +200,13 @@ pub fn rank(view: &View, hosts: &[EdgeId], at: Location) -> Ranking {
 /// their ratio: geolocation is often only good to a few hundred km, and
 /// 100 km against 350 km is the same metro-scale latency. DNS spreading
 /// (`rank_client`) and dispatch's power of two choices use this one rule.
-pub const NEAR_FACTOR: f64 = 1.25;
+pub(crate) const NEAR_FACTOR: f64 = 1.25;
 /// See [`NEAR_FACTOR`].
-pub const NEAR_MARGIN_KM: f64 = 300.0;
+pub(crate) const NEAR_MARGIN_KM: f64 = 300.0;
 
 /// How many leading candidates of `ranked` (best first, as `rank` orders
 /// them) are near-equal to the first (see [`NEAR_FACTOR`]); 0 when empty.
-pub fn near_equal(ranked: &[Candidate]) -> usize {
+pub(crate) fn near_equal(ranked: &[Candidate]) -> usize {
     let Some(best) = ranked.first() else {
         return 0;
     };
@@ -219,14 +219,14 @@ pub fn near_equal(ranked: &[Candidate]) -> usize {
 
 /// The client network an IPv4 client is spread by: /24, the source prefix
 /// RFC 7871 recommends resolvers send (and the RRL default).
-pub const SPREAD_PREFIX_V4: u8 = 24;
+pub(crate) const SPREAD_PREFIX_V4: u8 = 24;
 /// The client network an IPv6 client is spread by: /56 (as for IPv4).
-pub const SPREAD_PREFIX_V6: u8 = 56;
+pub(crate) const SPREAD_PREFIX_V6: u8 = 56;
 
 /// The client network of `addr` that spreading draws for: the address
 /// (IPv4-mapped IPv6 as IPv4) masked to `SPREAD_PREFIX_V4`/`_V6`, and that
 /// prefix length. Every address in it gets the same draw.
-pub fn client_network(addr: IpAddr) -> (IpAddr, u8) {
+pub(crate) fn client_network(addr: IpAddr) -> (IpAddr, u8) {
     match addr.to_canonical() {
         IpAddr::V4(a) => (
             IpAddr::V4((u32::from(a) & !(u32::MAX >> SPREAD_PREFIX_V4)).into()),
@@ -245,7 +245,7 @@ pub fn client_network(addr: IpAddr) -> (IpAddr, u8) {
 /// every edge and in every version built from this code, so every edge's
 /// DNS gives a client network the same answer for the same view, and a
 /// resolver can cache it under the ECS scope.
-pub fn client_draw(addr: IpAddr) -> u64 {
+pub(crate) fn client_draw(addr: IpAddr) -> u64 {
     let (net, _) = client_network(addr);
     let (key, family) = match net {
         IpAddr::V4(a) => (u64::from(u32::from(a)), 4),
@@ -266,7 +266,7 @@ fn mix(mut z: u64) -> u64 {
 /// candidate, because its class is worse (unhealthy, draining, saturated
 /// or over the load threshold) than the best one's. Never in a fallback
 /// ranking (nothing viable: the nearest is served, as without spreading).
-pub fn displaced(ranked: &Ranking) -> bool {
+pub(crate) fn displaced(ranked: &Ranking) -> bool {
     let Some(best) = ranked.candidates.first() else {
         return false;
     };
@@ -307,7 +307,7 @@ pub fn displaced(ranked: &Ranking) -> bool {
 /// - The draw is integer arithmetic (`draw × total / 2⁶⁴` against
 ///   cumulative weights): exact proportions, no float, the same on every
 ///   platform.
-pub fn rank_client(view: &View, hosts: &[EdgeId], at: Location, draw: u64) -> Ranking {
+pub(crate) fn rank_client(view: &View, hosts: &[EdgeId], at: Location, draw: u64) -> Ranking {
     let mut ranking = rank(view, hosts, at);
     if !displaced(&ranking) {
         return ranking;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::config::{is_dns_label, Function, RouteBounds, Topology};
 
-pub use crate::headers::{MODE_HEADER, PATH_HEADER, PROGRESS_HEADER, ROUTE_HEADER};
+pub(crate) use crate::headers::{MODE_HEADER, PATH_HEADER, ROUTE_HEADER};
 
 /// Why a route cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum RouteError {
 }
 
 /// What a route has used of its bounds; travels between edges in
-/// [`PROGRESS_HEADER`] as `steps=N;expansions=M`.
+/// [`crate::headers::PROGRESS_HEADER`] as `steps=N;expansions=M`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
     pub steps: u32,
@@ -129,10 +129,12 @@ impl Stack {
         out
     }
 
+    /// Steps left.
     pub fn len(&self) -> usize {
         self.rev.len()
     }
 
+    /// No steps left.
     pub fn is_empty(&self) -> bool {
         self.rev.is_empty()
     }
@@ -147,7 +149,7 @@ impl Stack {
     }
 
     /// Puts a step back on top.
-    pub fn push(&mut self, step: String) {
+    pub(crate) fn push(&mut self, step: String) {
         self.rev.push(step);
     }
 
@@ -276,13 +278,13 @@ pub fn retryable(topo: &Topology, stack: &Stack) -> bool {
 }
 
 /// One entry of the path: `step@edge`.
-pub fn path_entry(step: &str, edge: &str) -> String {
+pub(crate) fn path_entry(step: &str, edge: &str) -> String {
     format!("{step}@{edge}")
 }
 
 /// Joins this edge's part of the path with what came back from later
 /// edges (`fnroute-path` of the relayed reply).
-pub fn join_path(ours: &[String], theirs: Option<&str>) -> String {
+pub(crate) fn join_path(ours: &[String], theirs: Option<&str>) -> String {
     let mut out = ours.join(", ");
     if let Some(t) = theirs.map(str::trim).filter(|t| !t.is_empty()) {
         if !out.is_empty() {
@@ -300,13 +302,13 @@ pub fn join_path(ours: &[String], theirs: Option<&str>) -> String {
 pub struct Trace {
     pub trace_id: u128,
     pub span_id: u64,
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 impl Trace {
     /// A new root (sampled) from random ids; zero ids are invalid in W3C
     /// trace context, so they are replaced by 1.
-    pub fn root(trace_id: u128, span_id: u64) -> Self {
+    pub(crate) fn root(trace_id: u128, span_id: u64) -> Self {
         Self {
             trace_id: trace_id.max(1),
             span_id: span_id.max(1),
@@ -352,12 +354,10 @@ impl Trace {
         )
     }
 
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
 }
-
-pub use crate::config::static_cycle;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::config;
+use crate::config::{self, static_cycle};
 
 const BASE: &str = r#"
 zone = "fn.test."

@@ -20,7 +20,7 @@ pub mod pki;
 /// the file and what is wrong).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub(crate) struct TlsError(String);
 
 impl TlsError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
@@ -29,44 +29,37 @@ impl TlsError {
 }
 
 /// File name of the generated development certificate in `state_dir`.
-pub const DEV_CERT: &str = "dev-cert.pem";
+pub(crate) const DEV_CERT: &str = "dev-cert.pem";
 /// File name of the generated development key in `state_dir`.
-pub const DEV_KEY: &str = "dev-key.pem";
+pub(crate) const DEV_KEY: &str = "dev-key.pem";
 
 /// Where the certificate and key of a topology live: the configured files,
 /// or the development pair in the state directory (generated if missing).
 #[derive(Debug, Clone)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// True when this is the generated development certificate.
-    pub dev: bool,
+pub(crate) struct CertFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// The certificate files for `topology`, generating the development pair
 /// when no `[tls]` is configured and none exists yet.
-pub fn cert_files(topology: &Topology) -> Result<CertFiles, TlsError> {
+pub(crate) fn cert_files(topology: &Topology) -> Result<CertFiles, TlsError> {
     if let Some(tls) = &topology.tls {
         return Ok(CertFiles {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
-            dev: false,
         });
     }
     let cert = topology.state_dir.join(DEV_CERT);
     let key = topology.state_dir.join(DEV_KEY);
     dev_pair(topology, &cert, &key)?;
-    Ok(CertFiles {
-        cert,
-        key,
-        dev: true,
-    })
+    Ok(CertFiles { cert, key })
 }
 
 /// Subject alternative names of the development certificate: loopback
 /// names, every edge's addresses and listen IPs, `*.<zone>` and each
 /// function's `<name>.<zone>`.
-pub fn dev_cert_names(topology: &Topology) -> Vec<String> {
+pub(crate) fn dev_cert_names(topology: &Topology) -> Vec<String> {
     let zone = topology.zone.trim_end_matches('.');
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if !zone.is_empty() {

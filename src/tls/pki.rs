@@ -34,7 +34,7 @@ pub enum PkiError {
 
 /// Subject alternative names of an edge's certificate: its name, then its
 /// addresses and listen IPs.
-pub fn edge_cert_names(topology: &Topology, edge: EdgeId) -> Vec<String> {
+pub(crate) fn edge_cert_names(topology: &Topology, edge: EdgeId) -> Vec<String> {
     let Some(e) = topology.edges.get(edge) else {
         return Vec::new();
     };
@@ -122,7 +122,7 @@ fn write(path: &Path, data: &[u8], private: bool) -> Result<(), PkiError> {
 #[derive(Debug, Clone)]
 pub struct Cluster {
     /// This edge's name (also the SNI peers use to reach it).
-    pub edge_name: String,
+    pub(crate) edge_name: String,
     roots: Arc<rustls::RootCertStore>,
     identity: Arc<CertifiedKey>,
     chain: Vec<CertificateDer<'static>>,
@@ -174,14 +174,14 @@ impl Cluster {
     }
 
     /// Takes the edge names of a reloaded topology.
-    pub fn set_names(&self, topology: &Topology) {
+    pub(crate) fn set_names(&self, topology: &Topology) {
         self.names.store(Arc::new(live_names(topology)));
     }
 
     /// The client-certificate verifier of the front door: clients with a
     /// certificate must chain to the cluster CA; clients without one are
     /// accepted (as unauthenticated clients).
-    pub fn client_verifier(
+    pub(crate) fn client_verifier(
         &self,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, PkiError> {
         rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -196,7 +196,7 @@ impl Cluster {
     /// A certificate resolver presenting this edge's cluster certificate
     /// to clients asking for the edge's name (SNI), and `public` to all
     /// others.
-    pub fn resolver(&self, public: Arc<CertifiedKey>) -> Arc<dyn ResolvesServerCert> {
+    pub(crate) fn resolver(&self, public: Arc<CertifiedKey>) -> Arc<dyn ResolvesServerCert> {
         Arc::new(BySni {
             mesh_name: self.edge_name.clone(),
             mesh: self.identity.clone(),
@@ -232,7 +232,7 @@ impl Cluster {
     /// The edge an authenticated connection belongs to: the chain was
     /// verified against the cluster CA during the handshake; this finds the
     /// topology edge name the end-entity certificate is valid for.
-    pub fn peer_edge(&self, conn: &quinn::Connection) -> Option<String> {
+    pub(crate) fn peer_edge(&self, conn: &quinn::Connection) -> Option<String> {
         let identity = conn.peer_identity()?;
         let certs = identity.downcast_ref::<Vec<CertificateDer<'static>>>()?;
         peer_name(certs.first()?, &self.names.load())
