@@ -3,8 +3,6 @@
 //! over the mesh (mTLS HTTP/3). Three edges of
 //! `edge-config/three-edges.toml` in this process on fresh ports.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +11,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use fnroute::mesh::transport::{Client, Trust};
 use fnroute::node::Fleet;
 
+#[path = "../tests/integration/topo.rs"]
+mod topo;
+use topo::TopoEdit;
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -20,16 +22,13 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let state = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut topo =
-        fnroute::config::load(&root.join("edge-config/three-edges.toml")).expect("topology");
-    topo.state_dir = state.path().join("state");
-    for e in &mut topo.edges {
-        let ip = e.quic_listen.ip();
-        e.quic_listen = SocketAddr::new(ip, 0);
-        e.dns_listen = SocketAddr::new(ip, 0);
-        e.admin_listen = SocketAddr::new(ip, 0);
-    }
+    let topo = TopoEdit::open("edge-config/three-edges.toml")
+        .ports(0, 0, 0)
+        .set(
+            "state_dir",
+            state.path().join("state").display().to_string(),
+        )
+        .load();
     let fleet = rt
         .block_on(Fleet::start(Arc::new(topo), &[0, 1, 2]))
         .expect("fleet");

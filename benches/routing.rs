@@ -14,7 +14,6 @@
 //! Steps are the Python `echo` Lambda worker (warm) and the demo's own
 //! Python workers.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,34 +24,37 @@ use fnroute::config::Topology;
 use fnroute::mesh::transport::{Client, Connection, Request, Trust};
 use fnroute::node::Fleet;
 
+#[path = "../tests/integration/topo.rs"]
+mod topo;
+use topo::TopoEdit;
+
 const DOC: &str = r#"{"text": "hello  world", "edits": [{"find": "world", "replace": "edge"}]}"#;
 
 /// The demo topology plus `echo` (fra) and `echo-nyc` (nyc): Python echo
 /// workers, at most 4 each, kept warm.
 fn topology(state: &Path, rtt_per_1000km: f64) -> Topology {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut t =
-        fnroute::config::load(&root.join("edge-config/routing-demo.toml")).expect("topology");
-    t.state_dir = state.to_path_buf();
-    for e in &mut t.edges {
-        let ip = e.quic_listen.ip();
-        e.quic_listen = SocketAddr::new(ip, 0);
-        e.dns_listen = SocketAddr::new(ip, 0);
-        e.admin_listen = SocketAddr::new(ip, 0);
-    }
-    if let Some(m) = &mut t.mesh {
-        m.simulated_rtt_ms_per_1000km = rtt_per_1000km;
-    }
-    let template = t.function("process").expect("process").clone();
-    for (name, edge) in [("echo", 0), ("echo-nyc", 1)] {
-        let mut f = template.clone();
-        f.name = name.to_string();
-        f.edges = vec![edge];
-        f.executor.command = vec!["python3".into(), "functions/echo.py".into()];
-        f.concurrency_min = 1;
-        t.functions.push(f);
-    }
-    t
+    let mut t = TopoEdit::open("edge-config/routing-demo.toml");
+    t.ports(0, 0, 0)
+        .set("state_dir", state.display().to_string())
+        .set("mesh.simulated_rtt_ms_per_1000km", rtt_per_1000km)
+        .append(
+            r#"
+[[function]]
+name = "echo"
+edges = ["fra"]
+executor = { kind = "lambda", command = ["python3", "functions/echo.py"] }
+idempotent = true
+concurrency = { min = 1, max = 4 }
+
+[[function]]
+name = "echo-nyc"
+edges = ["nyc"]
+executor = { kind = "lambda", command = ["python3", "functions/echo.py"] }
+idempotent = true
+concurrency = { min = 1, max = 4 }
+"#,
+        );
+    t.load()
 }
 
 fn event(kind: &str) -> Request {

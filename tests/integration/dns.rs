@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fnroute::config::Topology;
+
+use crate::topo::TopoEdit;
 use fnroute::dns::{self, DnsState};
 use fnroute::geo::GeoDb;
 use fnroute::mesh::LiveView;
@@ -42,18 +44,21 @@ impl Drop for Server {
     }
 }
 
-fn topology(tweak: impl FnOnce(&mut Topology)) -> Topology {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-config/three-edges.toml");
-    let mut t = fnroute::config::load(&path).expect("three-edges.toml loads");
-    for e in &mut t.edges {
-        e.dns_listen.set_port(0);
-    }
-    t.dns.udp_sockets = 2;
+/// `three-edges.toml` with its DNS on port 0 and two UDP sockets, edited
+/// by `tweak`, validated as `fnroute serve` validates it.
+fn topology(tweak: impl FnOnce(&mut TopoEdit)) -> Topology {
+    let mut t = TopoEdit::open("edge-config/three-edges.toml");
+    t.edges(|_, e| {
+        let quic = e["quic_listen"].as_str().expect("quic_listen").to_string();
+        let ip = quic.rsplit_once(':').expect("IP:PORT").0;
+        e.insert("dns_listen".into(), format!("{ip}:0").into());
+    })
+    .set("dns.udp_sockets", 2);
     tweak(&mut t);
-    t
+    t.load()
 }
 
-async fn start_with(edge: &str, tweak: impl FnOnce(&mut Topology)) -> Server {
+async fn start_with(edge: &str, tweak: impl FnOnce(&mut TopoEdit)) -> Server {
     serve(topology(tweak), edge).await
 }
 
@@ -82,9 +87,11 @@ async fn serve(t: Topology, edge: &str) -> Server {
 /// `fra` with `n` addresses 127.0.`net`.1..n (answers of many records).
 async fn fra_with_addresses(n: u8, net: u8) -> Server {
     start_with("fra", |t| {
-        t.edges[0].addresses = (1..=n)
-            .map(|i| format!("127.0.{net}.{i}").parse().unwrap())
-            .collect();
+        t.edge("fra", |e| {
+            let addresses: Vec<toml::Value> =
+                (1..=n).map(|i| format!("127.0.{net}.{i}").into()).collect();
+            e.insert("addresses".into(), addresses.into());
+        });
     })
     .await
 }
@@ -632,7 +639,11 @@ async fn a_dns_udp_port_in_use_is_refused_not_shared() {
     other.bind(&any.into()).unwrap();
     let held = other.local_addr().unwrap().as_socket().unwrap();
     // Its TCP side is free, so only the UDP bind can notice.
-    let t = Arc::new(topology(|t| t.edges[0].dns_listen = held));
+    let t = Arc::new(topology(|t| {
+        t.edge("fra", |e| {
+            e.insert("dns_listen".into(), held.to_string().into());
+        });
+    }));
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).expect("geo db"));
     let view = Arc::new(LiveView::new(t.clone()));
     let state = DnsState::new(t.edge_id("fra").expect("edge"), t.clone(), geo, view);
@@ -691,8 +702,10 @@ async fn doq(addr: SocketAddr, ca: &Path, m: &Message) -> Message {
 async fn dns_over_quic_answers_like_udp() {
     let dir = tempfile::tempdir().unwrap();
     let s = start_with("fra", |t| {
-        t.state_dir = dir.path().to_path_buf();
-        t.edges[0].doq_listen = Some("127.0.0.1:0".parse().unwrap());
+        t.set("state_dir", dir.path().display().to_string())
+            .edge("fra", |e| {
+                e.insert("doq_listen".into(), "127.0.0.1:0".into());
+            });
     })
     .await;
     let addr = s.doq.expect("doq_listen bound");
@@ -807,13 +820,16 @@ async fn tcp_answers_like_udp() {
 #[tokio::test]
 async fn rate_limiting_per_prefix_with_slip() {
     let s = start_with("fra", |t| {
-        t.dns.rate_limit = Some(fnroute::config::RateLimit {
-            responses_per_second: 1.0,
-            burst: 3.0,
-            ipv4_prefix: 24,
-            ipv6_prefix: 56,
-            slip: 2,
-        });
+        t.set(
+            "dns.rate_limit",
+            toml::toml! {
+                responses_per_second = 1.0
+                burst = 3.0
+                ipv4_prefix = 24
+                ipv6_prefix = 56
+                slip = 2
+            },
+        );
     })
     .await;
     let bytes = query("echo.fn.test.", RecordType::A, None)
@@ -849,7 +865,11 @@ async fn rate_limiting_per_prefix_with_slip() {
 #[tokio::test]
 async fn binding_a_busy_address_names_it() {
     let s = start().await;
-    let t = Arc::new(topology(|t| t.edges[0].dns_listen = s.addr));
+    let t = Arc::new(topology(|t| {
+        t.edge("fra", |e| {
+            e.insert("dns_listen".into(), s.addr.to_string().into());
+        });
+    }));
     let geo = Arc::new(GeoDb::open(&t.geo_db, t.default_location).unwrap());
     let state = DnsState::new(0, t.clone(), geo, Arc::new(LiveView::new(t.clone())));
     let err = dns::bind_state(Arc::new(state))

@@ -663,12 +663,11 @@ async fn configured_certificate_is_used_instead_of_a_generated_one() {
     let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
     std::fs::write(&cert, ck.cert.pem()).expect("write");
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
-    let mut topo = (*edge.topology).clone();
-    topo.tls = Some(fnroute::config::TlsFiles {
-        cert: cert.clone(),
-        key,
-    });
-    topo.state_dir = dir.join("other-state");
+    let topo = crate::topo::TopoEdit::open(dir.join("topology.toml"))
+        .set("tls.cert", cert.display().to_string())
+        .set("tls.key", key.display().to_string())
+        .set("state_dir", dir.join("other-state").display().to_string())
+        .load();
     let fleet = fnroute::node::Fleet::start(std::sync::Arc::new(topo), &[0])
         .await
         .expect("start");

@@ -114,18 +114,18 @@ state_dir = "{state}"
 name = "fra"
 location = {{ lat = 50.11, lon = 8.68 }}
 addresses = ["127.0.0.1"]
-dns_listen = "127.0.0.1:65001"
-quic_listen = "127.0.0.1:65002"
-admin_listen = "127.0.0.1:65003"
+dns_listen = "127.0.0.1:0"
+quic_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 capacity = {capacity}
 
 [[edge]]
 name = "nyc"
 location = {{ lat = 40.71, lon = -74.01 }}
 addresses = ["127.0.0.2"]
-dns_listen = "127.0.0.2:65001"
-quic_listen = "127.0.0.2:65002"
-admin_listen = "127.0.0.2:65003"
+dns_listen = "127.0.0.2:0"
+quic_listen = "127.0.0.2:0"
+admin_listen = "127.0.0.2:0"
 capacity = 16
 {FUNCTIONS}
 {extra}"#,
@@ -141,14 +141,8 @@ capacity = 16
     .expect("link functions/");
     let path = dir.path().join("topology.toml");
     std::fs::write(&path, &toml).expect("write topology");
-    let mut topo = fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    for e in &mut topo.edges {
-        let ip = e.quic_listen.ip();
-        e.quic_listen = SocketAddr::new(ip, 0);
-        e.dns_listen = SocketAddr::new(ip, 0);
-        e.admin_listen = SocketAddr::new(ip, 0);
-    }
-    let topology = Arc::new(topo);
+    // Port 0 everywhere: the kernel picks free ports when the fleet binds.
+    let topology = Arc::new(fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
     let fleet = Fleet::start(topology.clone(), &[0])
         .await
         .expect("fleet starts");

@@ -17,3 +17,4 @@ mod mesh;
 mod qpack;
 mod reload;
 mod routing;
+mod topo;

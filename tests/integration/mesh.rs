@@ -14,6 +14,8 @@ use fnroute::config::Topology;
 use fnroute::mesh::transport::{resolve, Client, Request, Trust};
 use fnroute::node::Fleet;
 
+use crate::topo::TopoEdit;
+
 pub(crate) const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 pub(crate) const NAMES: [&str; 3] = ["fra", "nyc", "sin"];
 
@@ -62,13 +64,16 @@ pub(crate) fn ports() -> Ports {
     }
 }
 
-pub(crate) fn rewrite_ports(t: &mut Topology, p: &Ports) {
-    for e in &mut t.edges {
-        let ip = e.quic_listen.ip();
-        e.dns_listen = SocketAddr::new(ip, p.dns);
-        e.quic_listen = SocketAddr::new(ip, p.quic);
-        e.admin_listen = SocketAddr::new(ip, p.admin);
+/// What every in-process test fleet changes in its topology: fresh ports,
+/// its own state directory, one DNS socket and probes every 100 ms.
+pub(crate) fn test_fleet(t: &mut TopoEdit, dir: &Path, p: &Ports) -> Topology {
+    t.ports(p.dns, p.quic, p.admin)
+        .set("state_dir", dir.join("state").display().to_string())
+        .set("dns.udp_sockets", 1);
+    if t.has("mesh") {
+        t.set("mesh.probe_interval_ms", 100);
     }
+    t.load()
 }
 
 pub(crate) fn quic(edge: usize, p: &Ports) -> SocketAddr {
@@ -86,15 +91,7 @@ pub(crate) fn client() -> Client {
 /// `edge-config/three-edges.toml` as shipped, on fresh ports, probing
 /// every 100 ms, with its state in `dir`.
 fn three_edges(dir: &Path, p: &Ports) -> Topology {
-    let mut t = fnroute::config::load(&repo("edge-config/three-edges.toml"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    rewrite_ports(&mut t, p);
-    t.state_dir = dir.join("state");
-    t.dns.udp_sockets = 1;
-    if let Some(m) = &mut t.mesh {
-        m.probe_interval = Duration::from_millis(100);
-    }
-    t
+    test_fleet(&mut TopoEdit::open("edge-config/three-edges.toml"), dir, p)
 }
 
 /// `three_edges` served in this process, on fresh ports (retried when a

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnroute::config::Topology;
 use fnroute::mesh::transport::{Connection, Reply, Request};
 use fnroute::node::Fleet;
 
-use super::mesh::{client, ports, quic, repo, rewrite_ports, start_procs, write_topology, Ports};
+use super::mesh::{client, ports, quic, start_procs, test_fleet, write_topology, Ports};
+use crate::topo::TopoEdit;
 
 fn event(kind: &str, body: &str) -> Request {
     let mut r = Request::invoke("unused", Bytes::from(body.to_string()));
@@ -28,17 +28,11 @@ fn route(stack: &str, body: &str) -> Request {
 
 /// `topology` served in this process on fresh ports (retried when a port
 /// was taken between the check and the bind), probing every 100 ms.
-async fn start(dir: &Path, load: impl Fn(&Ports) -> Topology) -> (Ports, Fleet) {
+async fn start(dir: &Path, load: impl Fn(&Ports) -> TopoEdit) -> (Ports, Fleet) {
     let mut last = String::new();
     for _ in 0..3 {
         let p = ports();
-        let mut t = load(&p);
-        rewrite_ports(&mut t, &p);
-        t.state_dir = dir.join("state");
-        t.dns.udp_sockets = 1;
-        if let Some(m) = &mut t.mesh {
-            m.probe_interval = Duration::from_millis(100);
-        }
+        let t = test_fleet(&mut load(&p), dir, &p);
         match Fleet::start(Arc::new(t), &[0, 1, 2]).await {
             Ok(f) => return (p, f),
             Err(e) => last = format!("{e:#}"),
@@ -75,8 +69,7 @@ fn json(r: &Reply) -> serde_json::Value {
 async fn document_demo_runs_hop_by_hop_and_returns_along_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let (p, fleet) = start(dir.path(), |_| {
-        fnroute::config::load(&repo("edge-config/routing-demo.toml"))
-            .unwrap_or_else(|e| panic!("{e}"))
+        TopoEdit::open("edge-config/routing-demo.toml")
     })
     .await;
     let fra = connect(&p, 0).await;
@@ -301,12 +294,8 @@ async fn every_bound_stops_a_route_with_a_clear_problem() {
     let d = dir.path().to_path_buf();
     let (p, fleet) = start(dir.path(), |p| {
         let path = write_topology(&d, p, "");
-        std::fs::write(
-            &path,
-            std::fs::read_to_string(&path).unwrap() + &bounds_functions(&d),
-        )
-        .unwrap();
-        fnroute::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        let text = std::fs::read_to_string(&path).unwrap() + &bounds_functions(&d);
+        TopoEdit::from_text(&path, &text)
     })
     .await;
     let fra = connect(&p, 0).await;
