@@ -194,7 +194,7 @@ pub fn build(
                     .functions
                     .iter()
                     .filter(|f| f.hosted_on(i))
-                    .map(|f| f.name.clone())
+                    .map(|f| f.name.to_string())
                     .collect(),
             }
         })
@@ -211,7 +211,7 @@ pub fn build(
                 pools.insert(edge_name(edge), p);
             }
             FunctionStatus {
-                name: f.name.clone(),
+                name: f.name.to_string(),
                 executor: match f.executor.kind {
                     ExecutorKind::Lambda => "lambda",
                     ExecutorKind::Command => "command",

@@ -23,6 +23,7 @@ pub struct Topology {
     pub admin_token_file: Option<PathBuf>,
     pub dns: DnsSettings,
     pub quic: QuicSettings,
+    pub tcp: TcpSettings,
     pub tls: Option<TlsFiles>,
     pub(crate) executors: ExecutorSettings,
     /// The edge mesh (cluster PKI, probing, forwarding); None: every edge
@@ -34,7 +35,7 @@ pub struct Topology {
     pub routing: Routing,
     /// Lower-case function name -> index in `functions`, built with the
     /// topology (a lookup per request, not a scan).
-    pub(crate) function_index: std::collections::HashMap<String, usize>,
+    pub(crate) function_index: std::collections::HashMap<FunctionName, usize>,
 }
 
 /// `[routing]`, `[[route]]` and `[[event]]`.
@@ -106,6 +107,21 @@ pub struct QuicSettings {
     pub(crate) udp_buffer_bytes: u32,
 }
 
+/// `[tcp]`: limits of the HTTPS-over-TCP front door.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpSettings {
+    /// Open connections at once; more are closed on accept.
+    pub(crate) max_connections: u32,
+    /// HTTP/2 streams at once per connection.
+    pub(crate) max_concurrent_streams: u32,
+    /// Header fields per request (HTTP/1.1; HTTP/2 bounds their bytes).
+    pub(crate) max_headers: u32,
+    /// A client must have sent a request's whole head within this.
+    pub(crate) header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub(crate) idle_timeout: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -169,6 +185,9 @@ pub struct Edge {
     /// DNS over QUIC (RFC 9250, ALPN `doq`) for the same zone, with the
     /// front door's certificate; `None` = off.
     pub doq_listen: Option<SocketAddr>,
+    /// HTTPS over TCP (HTTP/1.1 and HTTP/2 by ALPN), the same API as
+    /// `quic_listen`; `None` = off. May share `quic_listen`'s port.
+    pub tcp_listen: Option<SocketAddr>,
     pub capacity: u32,
     /// Byte bound of the edge's response cache.
     pub cache_bytes: u64,
@@ -178,10 +197,88 @@ pub struct Edge {
     pub retired: bool,
 }
 
+/// A function's name: a DNS label in lower case, made once (when the
+/// topology is validated, or when a request names a function the topology
+/// does not have). Cloning shares it: a request passes its function's name
+/// to the cache key, the invocation, the metering record and a forward
+/// without copying it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionName(std::sync::Arc<str>);
+
+impl FunctionName {
+    /// `name` in lower case (names are case-insensitive everywhere).
+    pub fn new(name: &str) -> Self {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Self(name.to_ascii_lowercase().into())
+        } else {
+            Self(name.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for FunctionName {
+    fn from(name: &str) -> Self {
+        Self::new(name)
+    }
+}
+
+impl std::ops::Deref for FunctionName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for FunctionName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for FunctionName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for FunctionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<str> for FunctionName {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for FunctionName {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl serde::Serialize for FunctionName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     /// A DNS label, lower case.
-    pub name: String,
+    pub name: FunctionName,
     /// The edges hosting it, in topology order.
     pub edges: Vec<EdgeId>,
     pub executor: Executor,
@@ -236,7 +333,7 @@ impl Topology {
     /// The function named `name` (any case).
     pub fn function(&self, name: &str) -> Option<&Function> {
         let hit = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.function_index.get(&name.to_ascii_lowercase())
+            self.function_index.get(name.to_ascii_lowercase().as_str())
         } else {
             self.function_index.get(name)
         };
@@ -247,11 +344,11 @@ impl Topology {
 
     pub(crate) fn index_functions(
         functions: &[Function],
-    ) -> std::collections::HashMap<String, usize> {
+    ) -> std::collections::HashMap<FunctionName, usize> {
         functions
             .iter()
             .enumerate()
-            .map(|(i, f)| (f.name.to_ascii_lowercase(), i))
+            .map(|(i, f)| (f.name.clone(), i))
             .collect()
     }
 }

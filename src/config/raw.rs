@@ -26,6 +26,8 @@ pub(crate) struct RawTopology {
     #[serde(default)]
     pub(crate) quic: RawQuic,
     #[serde(default)]
+    pub(crate) tcp: RawTcp,
+    #[serde(default)]
     pub(crate) tls: Option<RawTls>,
     #[serde(default)]
     pub(crate) executors: RawExecutors,
@@ -116,6 +118,19 @@ pub(crate) struct RawQuic {
     pub(crate) udp_buffer_bytes: Option<u32>,
 }
 
+/// `[tcp]`: limits of the HTTPS-over-TCP front door (`tcp_listen`). The
+/// payload limit, body read timeout and header bytes are `[quic]`'s: one
+/// request pipeline, one set of request limits.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTcp {
+    pub(crate) max_connections: Option<Spanned<u32>>,
+    pub(crate) max_concurrent_streams: Option<Spanned<u32>>,
+    pub(crate) max_headers: Option<Spanned<u32>>,
+    pub(crate) header_read_timeout_ms: Option<Spanned<u64>>,
+    pub(crate) idle_timeout_ms: Option<Spanned<u64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTls {
@@ -163,6 +178,8 @@ pub(crate) struct RawEdge {
     pub(crate) admin_listen: Option<Spanned<String>>,
     /// DNS over QUIC (RFC 9250); off when absent.
     pub(crate) doq_listen: Option<Spanned<String>>,
+    /// HTTPS over TCP (HTTP/1.1 and HTTP/2); off when absent.
+    pub(crate) tcp_listen: Option<Spanned<String>>,
     pub(crate) capacity: Option<Spanned<u32>>,
     /// Bytes of the edge's response cache (entries, keys and headers).
     pub(crate) cache_bytes: Option<Spanned<u64>>,

@@ -28,6 +28,7 @@ pub(crate) fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
         old.admin_token_file != new.admin_token_file,
     );
     differs("[quic]", old.quic != new.quic);
+    differs("[tcp]", old.tcp != new.tcp);
     differs("[tls]", old.tls != new.tls);
     differs("[mesh]", old.mesh != new.mesh);
     differs("[executors]", old.executors != new.executors);
@@ -57,6 +58,10 @@ pub(crate) fn restart_required(old: &Topology, new: &Topology) -> Vec<String> {
         differs(
             &format!("edge {e}: doq_listen"),
             a.doq_listen != b.doq_listen,
+        );
+        differs(
+            &format!("edge {e}: tcp_listen"),
+            a.tcp_listen != b.tcp_listen,
         );
         differs(&format!("edge {e}: capacity"), a.capacity != b.capacity);
         differs(
@@ -127,8 +132,8 @@ pub(crate) fn function_changes(
     let mut changed = Vec::new();
     for f in &new.functions {
         match old.functions.iter().find(|o| o.name == f.name) {
-            None => added.push(f.name.clone()),
-            Some(o) if !same_definition(o, f) => changed.push(f.name.clone()),
+            None => added.push(f.name.to_string()),
+            Some(o) if !same_definition(o, f) => changed.push(f.name.to_string()),
             Some(_) => {}
         }
     }
@@ -136,7 +141,7 @@ pub(crate) fn function_changes(
         .functions
         .iter()
         .filter(|o| !new.functions.iter().any(|f| f.name == o.name))
-        .map(|o| o.name.clone())
+        .map(|o| o.name.to_string())
         .collect();
     (added, changed, removed)
 }

@@ -147,6 +147,7 @@ pub(super) fn validate_with(
 
     let dns = check_dns(&mut cx, &raw.dns);
     let quic = check_quic(&mut cx, &raw.quic);
+    let tcp = check_tcp(&mut cx, &raw.tcp);
     let tls = raw.tls.as_ref().map(|t| {
         let cert = cx.resolve(t.cert.get_ref());
         let key = cx.resolve(t.key.get_ref());
@@ -191,6 +192,7 @@ pub(super) fn validate_with(
             admin_token_file,
             dns,
             quic,
+            tcp,
             tls,
             executors,
             mesh,
@@ -644,6 +646,51 @@ fn check_dns(cx: &mut Ctx<'_>, d: &RawDns) -> DnsSettings {
     }
 }
 
+/// `[tcp]`, each bound checked with the key to fix.
+fn check_tcp(cx: &mut Ctx<'_>, t: &RawTcp) -> TcpSettings {
+    let mut bounded = |v: &Option<Spanned<u32>>, key: &str, default: u32, max: u32| -> u32 {
+        match v {
+            None => default,
+            Some(s) if (1..=max).contains(s.get_ref()) => *s.get_ref(),
+            Some(s) => {
+                cx.err(
+                    Some(s.span()),
+                    format!("tcp.{key}"),
+                    format!("tcp.{key} = {} is out of range", s.get_ref()),
+                    Some(format!("give 1 to {max}; the default is {default}")),
+                );
+                default
+            }
+        }
+    };
+    let max_connections = bounded(&t.max_connections, "max_connections", 10_000, 1 << 20);
+    let max_concurrent_streams =
+        bounded(&t.max_concurrent_streams, "max_concurrent_streams", 100, 10_000);
+    let max_headers = bounded(&t.max_headers, "max_headers", 100, 10_000);
+    let mut millis = |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Duration {
+        match v {
+            None => Duration::from_millis(default),
+            Some(s) if (1..=3_600_000).contains(s.get_ref()) => Duration::from_millis(*s.get_ref()),
+            Some(s) => {
+                cx.err(
+                    Some(s.span()),
+                    format!("tcp.{key}"),
+                    format!("tcp.{key} = {} is out of range", s.get_ref()),
+                    Some(format!("give 1 to 3600000 (an hour); the default is {default}")),
+                );
+                Duration::from_millis(default)
+            }
+        }
+    };
+    TcpSettings {
+        max_connections,
+        max_concurrent_streams,
+        max_headers,
+        header_read_timeout: millis(&t.header_read_timeout_ms, "header_read_timeout_ms", 10_000),
+        idle_timeout: millis(&t.idle_timeout_ms, "idle_timeout_ms", 30_000),
+    }
+}
+
 fn check_quic(cx: &mut Ctx<'_>, q: &RawQuic) -> QuicSettings {
     let max_payload_bytes = q
         .max_payload_bytes
@@ -691,7 +738,8 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
     let mut edges = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     // (address, what, span) for the clash check.
-    let mut listeners: Vec<(SocketAddr, String, Range<usize>)> = Vec::new();
+    // Address, key, span, and the transports it binds (UDP, TCP).
+    let mut listeners: Vec<(SocketAddr, String, Range<usize>, u8)> = Vec::new();
     if raw.is_empty() {
         cx.err(
             None,
@@ -747,16 +795,22 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
         }
         let dns_listen = parse_listen(cx, &e.dns_listen, format!("{key}.dns_listen"));
         let quic_listen = parse_listen(cx, &e.quic_listen, format!("{key}.quic_listen"));
-        listeners.push((dns_listen, format!("{key}.dns_listen"), e.dns_listen.span()));
+        listeners.push((
+            dns_listen,
+            format!("{key}.dns_listen"),
+            e.dns_listen.span(),
+            UDP | TCP,
+        ));
         listeners.push((
             quic_listen,
             format!("{key}.quic_listen"),
             e.quic_listen.span(),
+            UDP,
         ));
         let admin_listen = match &e.admin_listen {
             Some(a) => {
                 let addr = parse_listen(cx, a, format!("{key}.admin_listen"));
-                listeners.push((addr, format!("{key}.admin_listen"), a.span()));
+                listeners.push((addr, format!("{key}.admin_listen"), a.span(), TCP));
                 addr
             }
             // Loopback by default, on an ephemeral port: admin is opt-in.
@@ -764,7 +818,12 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
         };
         let doq_listen = e.doq_listen.as_ref().map(|a| {
             let addr = parse_listen(cx, a, format!("{key}.doq_listen"));
-            listeners.push((addr, format!("{key}.doq_listen"), a.span()));
+            listeners.push((addr, format!("{key}.doq_listen"), a.span(), UDP));
+            addr
+        });
+        let tcp_listen = e.tcp_listen.as_ref().map(|a| {
+            let addr = parse_listen(cx, a, format!("{key}.tcp_listen"));
+            listeners.push((addr, format!("{key}.tcp_listen"), a.span(), TCP));
             addr
         });
         let capacity = e
@@ -810,6 +869,7 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
             quic_listen,
             admin_listen,
             doq_listen,
+            tcp_listen,
             capacity,
             cache_bytes,
             retired: false,
@@ -817,9 +877,11 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
     }
     for i in 0..listeners.len() {
         for j in 0..i {
-            let (a, ka, _) = &listeners[j];
-            let (b, kb, span) = &listeners[i];
-            if a.port() != 0 && clashes(*a, *b) {
+            let (a, ka, _, pa) = &listeners[j];
+            let (b, kb, span, pb) = &listeners[i];
+            // UDP and TCP ports are separate: `tcp_listen` may share
+            // `quic_listen`'s port (as HTTPS and HTTP/3 usually do).
+            if a.port() != 0 && pa & pb != 0 && clashes(*a, *b) {
                 cx.err(
                     Some(span.clone()),
                     kb.clone(),
@@ -831,6 +893,9 @@ fn check_edges(cx: &mut Ctx<'_>, raw: &[Spanned<RawEdge>]) -> Vec<Edge> {
     }
     edges
 }
+
+const UDP: u8 = 1;
+const TCP: u8 = 2;
 
 /// Two listeners clash when they would bind the same port on overlapping
 /// addresses (the same IP, or a wildcard of the same family).
@@ -998,7 +1063,7 @@ fn check_functions(
             }
         });
         let mut function = Function {
-            name,
+            name: FunctionName::new(&name),
             edges: hosted,
             executor,
             memory_mb,

@@ -30,7 +30,7 @@ use crate::headers::{DEADLINE_HEADER, HOP_HEADER, REQUEST_ID_HEADER, TRACE_HEADE
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DispatchError {
     #[error("no healthy edge hosts function {0:?}")]
-    NoEdge(String),
+    NoEdge(crate::config::FunctionName),
     #[error("hop limit of {0} reached")]
     HopLimit(u32),
     #[error("deadline passed while forwarding")]
@@ -77,7 +77,7 @@ impl AttemptError {
 /// One invocation to forward.
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
-    pub(crate) function: String,
+    pub(crate) function: crate::config::FunctionName,
     pub(crate) payload: Bytes,
     pub(crate) deadline: Instant,
     /// Hops this request has made so far (0 from a client).

@@ -123,7 +123,7 @@ impl CommandPool {
 
     pub(crate) fn stats(&self) -> FunctionStats {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        s.function = self.f.name.clone();
+        s.function = self.f.name.to_string();
         let running = self.running.load(Ordering::Relaxed);
         s.workers = running;
         s.busy = running;
@@ -147,7 +147,7 @@ impl CommandPool {
         // TRACEPARENT: the W3C trace context as an environment variable
         // (the OpenTelemetry convention for processes).
         let env = [
-            ("FNROUTE_FUNCTION", self.f.name.clone()),
+            ("FNROUTE_FUNCTION", self.f.name.to_string()),
             ("FNROUTE_REQUEST_ID", request_id.to_string()),
             ("TRACEPARENT", trace.unwrap_or_default().to_string()),
         ];
@@ -218,7 +218,7 @@ impl CommandPool {
 
     fn saturated(&self) -> ExecError {
         ExecError::Saturated {
-            function: self.f.name.clone(),
+            function: self.f.name.to_string(),
             retry_after: RETRY_AFTER,
         }
     }

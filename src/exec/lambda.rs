@@ -129,31 +129,7 @@ impl LambdaPool {
         for _ in 0..spawns {
             self.spawn_worker();
         }
-        // Waiting past `queue_timeout` is saturation unless a worker is on
-        // its way (a slow cold start is not a full pool).
-        let mut limit = (now + self.queue_timeout).min(deadline);
-        let outcome = loop {
-            tokio::select! {
-                r = &mut rx => break r,
-                () = sleep_until(limit) => {
-                    let at_deadline = limit >= deadline;
-                    match self.queue_expired(seq, at_deadline) {
-                        Expiry::Removed if at_deadline => {
-                            return Err(ExecError::Timeout(deadline - now))
-                        }
-                        Expiry::Removed => return Err(self.saturated()),
-                        Expiry::Starting => limit = deadline,
-                        Expiry::Taken => match timeout_at(deadline + KILL_GRACE, &mut rx).await {
-                            Ok(r) => break r,
-                            Err(_) => return Err(ExecError::Timeout(deadline - now)),
-                        },
-                    }
-                }
-            }
-        };
-        let outcome = outcome.map_err(|_| {
-            ExecError::Crashed("the worker went away without answering".to_string())
-        })?;
+        let outcome = self.wait(seq, &mut rx, now, deadline).await?;
         let reply = outcome.result?;
         Ok(Output {
             body: reply.body,
@@ -168,10 +144,45 @@ impl LambdaPool {
         })
     }
 
+    /// Waits for job `seq`'s outcome. Waiting past `queue_timeout` is
+    /// saturation unless a worker is on its way (a slow cold start is not
+    /// a full pool); a job a worker took gets until the deadline and
+    /// [`KILL_GRACE`].
+    async fn wait(
+        &self,
+        seq: u64,
+        rx: &mut oneshot::Receiver<Outcome>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, ExecError> {
+        let mut limit = (now + self.queue_timeout).min(deadline);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut *rx => break r,
+                () = sleep_until(limit) => {
+                    let at_deadline = limit >= deadline;
+                    match self.queue_expired(seq, at_deadline) {
+                        Expiry::Removed if at_deadline => {
+                            return Err(ExecError::Timeout(deadline - now))
+                        }
+                        Expiry::Removed => return Err(self.saturated()),
+                        Expiry::Starting => limit = deadline,
+                        Expiry::Taken => match timeout_at(deadline + KILL_GRACE, &mut *rx).await {
+                            Ok(r) => break r,
+                            Err(_) => return Err(ExecError::Timeout(deadline - now)),
+                        },
+                    }
+                }
+            }
+        };
+        outcome
+            .map_err(|_| ExecError::Crashed("the worker went away without answering".to_string()))
+    }
+
     pub(crate) fn stats(&self) -> FunctionStats {
         let st = self.lock();
         let mut s = st.stats.clone();
-        s.function = self.f.name.clone();
+        s.function = self.f.name.to_string();
         s.workers = st.slots.len() + st.reserved;
         s.starting = st.reserved
             + st.slots
@@ -302,7 +313,7 @@ impl LambdaPool {
 
     fn saturated(&self) -> ExecError {
         ExecError::Saturated {
-            function: self.f.name.clone(),
+            function: self.f.name.to_string(),
             retry_after: RETRY_AFTER,
         }
     }
@@ -391,7 +402,7 @@ impl LambdaPool {
     fn worker_env(&self, id: u64, port: u16) -> Vec<(&'static str, String)> {
         let mut env = vec![
             ("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}")),
-            ("AWS_LAMBDA_FUNCTION_NAME", self.f.name.clone()),
+            ("AWS_LAMBDA_FUNCTION_NAME", self.f.name.to_string()),
             (
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                 self.f.memory_mb.to_string(),

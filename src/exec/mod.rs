@@ -57,7 +57,7 @@ pub(crate) const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Invocation {
     /// Function name (lower case, as in the topology).
-    pub function: String,
+    pub function: crate::config::FunctionName,
     pub payload: Bytes,
     /// When the caller stops waiting.
     pub deadline: Instant,
@@ -163,7 +163,7 @@ pub struct FunctionStats {
 /// One metered invocation (emitted to the log as `fnroute::metering`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MeterRecord {
-    pub(crate) function: String,
+    pub(crate) function: crate::config::FunctionName,
     pub(crate) edge: String,
     pub(crate) duration: Duration,
     /// `duration` rounded up to a whole millisecond (at least 1).
@@ -197,7 +197,7 @@ pub struct Executors {
     capacity: u32,
     /// Function name -> its pool; replaced whole by `reconcile` (a live
     /// topology reload), read lock-free by every invocation.
-    pools: ArcSwap<BTreeMap<String, Arc<PoolEntry>>>,
+    pools: ArcSwap<BTreeMap<crate::config::FunctionName, Arc<PoolEntry>>>,
     draining: AtomicBool,
     in_flight: Arc<AtomicUsize>,
     meter: Arc<Meter>,
@@ -317,19 +317,19 @@ impl Executors {
                     next.insert(f.name.clone(), e.clone());
                 }
                 Some(e) => {
-                    done.changed.push(f.name.clone());
+                    done.changed.push(f.name.to_string());
                     retired.push(e.clone());
                     next.insert(f.name.clone(), self.new_pool(f, &topology));
                 }
                 None => {
-                    done.added.push(f.name.clone());
+                    done.added.push(f.name.to_string());
                     next.insert(f.name.clone(), self.new_pool(f, &topology));
                 }
             }
         }
         for (name, e) in old.iter() {
             if !next.contains_key(name) {
-                done.removed.push(name.clone());
+                done.removed.push(name.to_string());
                 retired.push(e.clone());
             }
         }
@@ -378,13 +378,14 @@ impl Executors {
         if self.draining.load(Ordering::Acquire) {
             return Err(ExecError::ShuttingDown);
         }
-        let name = inv.function.to_ascii_lowercase();
+        // Lower case already: a `FunctionName`.
+        let name = inv.function.clone();
         let entry = self
             .pools
             .load()
-            .get(&name)
+            .get(name.as_str())
             .cloned()
-            .ok_or_else(|| ExecError::UnknownFunction(inv.function.clone()))?;
+            .ok_or_else(|| ExecError::UnknownFunction(inv.function.to_string()))?;
         let _guard = InFlight::enter(&self.in_flight);
         let _pool_guard = InFlight::enter(&entry.in_flight);
         let span = tracing::debug_span!("invoke", function = %name, req = %inv.request_id, edge = %self.edge_name);
@@ -571,7 +572,7 @@ fn start_metering_log(
 #[derive(Debug)]
 struct Meter {
     edge: String,
-    totals: Mutex<BTreeMap<String, MeterTotals>>,
+    totals: Mutex<BTreeMap<crate::config::FunctionName, MeterTotals>>,
     /// Lines for the metering log's writer task (bounded: a slow disk
     /// drops lines, counted, rather than slowing invocations).
     log: Option<tokio::sync::mpsc::Sender<String>>,
@@ -638,7 +639,7 @@ impl Meter {
         }
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let t = totals.entry(f.name.clone()).or_insert_with(|| MeterTotals {
-            function: f.name.clone(),
+            function: f.name.to_string(),
             edge: self.edge.clone(),
             memory_mb: f.memory_mb,
             ..MeterTotals::default()

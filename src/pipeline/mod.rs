@@ -36,7 +36,7 @@ pub mod problem;
 mod routed;
 
 use crate::cache::{CacheKey, CacheStatus};
-use crate::config::{Function, QuicSettings, Topology};
+use crate::config::{Function, FunctionName, QuicSettings, Topology};
 use crate::dispatch::{Dispatcher, Forward};
 use crate::exec::Invocation;
 pub use context::EdgeContext;
@@ -94,8 +94,9 @@ pub(crate) type Reply = (Response<()>, Bytes);
 /// What a request asks for, from its method and path (decided once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// `POST /fn/{name}`; the name in lower case.
-    Invoke(String),
+    /// `POST /fn/{name}`: the topology's own name when it has the function
+    /// (shared, not copied), else the requested name in lower case.
+    Invoke(FunctionName),
     /// `POST /event/{type}`; the type in lower case.
     Event(String),
     /// `POST /route` (the steps in the `fnroute-route` header).
@@ -161,8 +162,10 @@ impl Call {
             Target::Health
         } else {
             match limits::route(&parts.method, path) {
-                // Names are case-insensitive; most already arrive in lower case.
-                Route::Invoke(n) => Target::Invoke(n.to_ascii_lowercase()),
+                Route::Invoke(n) => Target::Invoke(match topology.function(n) {
+                    Some(f) => f.name.clone(),
+                    None => FunctionName::new(n),
+                }),
                 Route::Event(t) => Target::Event(t.to_ascii_lowercase()),
                 Route::Stack => Target::Stack,
                 Route::MethodNotAllowed => Target::MethodNotAllowed,

@@ -59,7 +59,7 @@ fn start(executors: &str, functions: &str) -> Arc<Executors> {
 fn inv(function: &str, payload: Value, timeout: Duration) -> Invocation {
     static SEQ: AtomicU64 = AtomicU64::new(1);
     Invocation {
-        function: function.to_string(),
+        function: function.into(),
         payload: Bytes::from(payload.to_string()),
         deadline: Instant::now() + timeout,
         request_id: format!("req-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
