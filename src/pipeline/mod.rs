@@ -31,6 +31,7 @@ use limits::Route;
 
 pub mod cached;
 mod context;
+pub(crate) mod cors;
 pub(crate) mod function_url;
 pub(crate) mod limits;
 pub mod problem;
