@@ -68,6 +68,7 @@ pub const METERING_INVOCATIONS: &str = "fnroute_metering_invocations_total";
 pub const METERING_BILLED_MS: &str = "fnroute_metering_billed_milliseconds_total";
 pub const METERING_MB_MS: &str = "fnroute_metering_memory_mb_milliseconds_total";
 pub(crate) const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_total";
+pub(crate) const TCP_REFUSED: &str = "fnroute_tcp_connections_refused_total";
 
 /// Upper bounds (seconds) of the invocation latency buckets: 1 ms to 30 s.
 pub(crate) const INVOCATION_BUCKETS: &[f64] = &[
@@ -189,6 +190,13 @@ pub(crate) fn billed_ms(duration: Duration) -> u64 {
     let nanos = duration.as_nanos();
     let ms = nanos.div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+// ---- HTTPS over TCP ---------------------------------------------------------
+
+/// A TCP connection closed on accept because `tcp.max_connections` were open.
+pub(crate) fn tcp_refused(edge: &str) {
+    ::metrics::counter!(TCP_REFUSED, "edge" => name(edge)).increment(1);
 }
 
 // ---- DNS -------------------------------------------------------------------
@@ -437,6 +445,10 @@ pub(crate) fn edge_state(edge: &str, generation: u64, draining: bool) {
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(DNS_QUERIES, "DNS queries answered, by qtype and rcode");
+    describe_counter!(
+        TCP_REFUSED,
+        "HTTPS-over-TCP connections closed on accept: tcp.max_connections were open"
+    );
     describe_counter!(
         DNS_ANSWERS,
         "DNS answers handed out, by function and answered address"

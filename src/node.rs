@@ -38,6 +38,8 @@ pub struct Fleet {
     pub admin: Vec<SocketAddr>,
     /// Bound HTTP/3 front door address of each edge, in `edges` order.
     pub quic_addrs: Vec<SocketAddr>,
+    /// Bound HTTPS-over-TCP address of each edge that has `tcp_listen`.
+    pub tcp_addrs: Vec<Option<SocketAddr>>,
     /// Bound DNS address (UDP and TCP) of each edge, in `edges` order.
     pub dns_addrs: Vec<SocketAddr>,
     token: CancellationToken,
@@ -78,7 +80,7 @@ struct BoundEdge {
     admin: crate::admin::AdminServer,
     admin_addr: SocketAddr,
     dns: crate::dns::BoundDns,
-    frontdoor: crate::frontdoor::FrontDoor,
+    frontdoor: crate::frontdoor::FrontDoors,
 }
 
 impl BoundEdge {
@@ -119,7 +121,7 @@ impl BoundEdge {
         crate::admin::AdminServer,
         SocketAddr,
         crate::dns::BoundDns,
-        crate::frontdoor::FrontDoor,
+        crate::frontdoor::FrontDoors,
     )> {
         let name = cx.name();
         let admin = crate::admin::AdminServer::bind(
@@ -133,8 +135,8 @@ impl BoundEdge {
         let dns = crate::dns::bind(dns_handle)
             .await
             .with_context(|| format!("starting the DNS front door of edge {name}"))?;
-        let frontdoor = crate::frontdoor::FrontDoor::bind(cx)
-            .with_context(|| format!("edge {name}: http/3 front door"))?;
+        let frontdoor = crate::frontdoor::FrontDoors::bind(cx)
+            .with_context(|| format!("edge {name}: front doors (http/3, https)"))?;
         Ok((admin, admin_addr, dns, frontdoor))
     }
 }
@@ -183,11 +185,13 @@ impl Fleet {
         let mut contexts = Vec::new();
         let mut dns_handles = Vec::new();
         let mut quic_addrs = Vec::new();
+        let mut tcp_addrs = Vec::new();
         let mut dns_addrs = Vec::new();
         for b in bound {
             admin.push(b.admin_addr);
             dns_addrs.push(b.dns.local_addr());
-            quic_addrs.push(b.frontdoor.local_addr());
+            quic_addrs.push(b.frontdoor.quic_addr());
+            tcp_addrs.push(b.frontdoor.tcp_addr());
             admin_tasks.spawn(b.admin.run(admin_token.clone()));
             tasks.spawn(b.dns.serve(token.child_token()));
             tasks.spawn(b.frontdoor.serve(token.child_token()));
@@ -218,8 +222,12 @@ impl Fleet {
         }
         // Said once everything answers, reloads included (a reload before
         // the contexts are set would be refused as "still starting").
-        let bound_addrs = dns_addrs.iter().zip(&quic_addrs).zip(&admin);
-        for (cx, ((dns, quic), admin)) in contexts.iter().zip(bound_addrs) {
+        let bound_addrs = dns_addrs
+            .iter()
+            .zip(&quic_addrs)
+            .zip(&admin)
+            .zip(&tcp_addrs);
+        for (cx, (((dns, quic), admin), tcp)) in contexts.iter().zip(bound_addrs) {
             let hosted: Vec<&str> = topology
                 .functions
                 .iter()
@@ -230,6 +238,7 @@ impl Fleet {
                 edge = %cx.name(),
                 %dns,
                 %quic,
+                tcp = %tcp.map_or_else(|| "off".to_string(), |a| a.to_string()),
                 %admin,
                 functions = ?hosted,
                 "edge started"
@@ -242,6 +251,7 @@ impl Fleet {
             edges: contexts,
             admin,
             quic_addrs,
+            tcp_addrs,
             dns_addrs,
             token,
             tasks,

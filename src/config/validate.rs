@@ -664,8 +664,12 @@ fn check_tcp(cx: &mut Ctx<'_>, t: &RawTcp) -> TcpSettings {
         }
     };
     let max_connections = bounded(&t.max_connections, "max_connections", 10_000, 1 << 20);
-    let max_concurrent_streams =
-        bounded(&t.max_concurrent_streams, "max_concurrent_streams", 100, 10_000);
+    let max_concurrent_streams = bounded(
+        &t.max_concurrent_streams,
+        "max_concurrent_streams",
+        100,
+        10_000,
+    );
     let max_headers = bounded(&t.max_headers, "max_headers", 100, 10_000);
     let mut millis = |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Duration {
         match v {
@@ -676,7 +680,9 @@ fn check_tcp(cx: &mut Ctx<'_>, t: &RawTcp) -> TcpSettings {
                     Some(s.span()),
                     format!("tcp.{key}"),
                     format!("tcp.{key} = {} is out of range", s.get_ref()),
-                    Some(format!("give 1 to 3600000 (an hour); the default is {default}")),
+                    Some(format!(
+                        "give 1 to 3600000 (an hour); the default is {default}"
+                    )),
                 );
                 Duration::from_millis(default)
             }

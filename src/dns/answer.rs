@@ -522,9 +522,13 @@ impl<'a> Response<'a> {
     }
 
     /// RFC 9460 HTTPS: `priority` 1.., target "." (the owner itself),
-    /// alpn=h3, the edge's QUIC port and its addresses as hints.
+    /// alpn=h3 (`h3,h2` when the edge also serves HTTPS over TCP on the
+    /// same port: one port key covers both), the edge's QUIC port and its
+    /// addresses as hints.
     fn https(&mut self, state: &DnsState, edge: usize, priority: u16, ttl: u32) {
-        let port = state.topology.edges[edge].quic_listen.port();
+        let e = &state.topology.edges[edge];
+        let port = e.quic_listen.port();
+        let h2 = e.tcp_listen.is_some_and(|t| t.port() == port);
         let (v4, v6) = (&state.v4[edge], &state.v6[edge]);
         let mut w = self.w();
         let len = w.rr_start_ptr(wire::HEADER_LEN, wire::TYPE_HTTPS, ttl);
@@ -532,8 +536,14 @@ impl<'a> Response<'a> {
         w.u8(0);
         // SvcParams in increasing key order (RFC 9460 §2.2).
         w.u16(1); // alpn
-        w.u16(3);
-        w.char_string(b"h3");
+        if h2 {
+            w.u16(6);
+            w.char_string(b"h3");
+            w.char_string(b"h2");
+        } else {
+            w.u16(3);
+            w.char_string(b"h3");
+        }
         w.u16(3); // port
         w.u16(2);
         w.u16(port);

@@ -12,6 +12,9 @@
 //! wait, then 503); network input never panics.
 
 mod server;
+mod tcp;
+
+pub(crate) use tcp::TcpDoor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,32 +45,78 @@ pub(crate) enum FrontdoorError {
     Pipeline(#[from] crate::pipeline::PipelineError),
 }
 
-/// A bound, not yet serving, HTTP/3 front door of one edge.
-pub(crate) struct FrontDoor {
+/// The bound, not yet serving, front doors of one edge: HTTP/3 on
+/// `quic_listen` and, when configured, HTTPS over TCP on `tcp_listen`,
+/// both adapters of one request pipeline (one admission semaphore, one
+/// cache, one set of limits).
+pub(crate) struct FrontDoors {
+    quic: FrontDoor,
+    tcp: Option<TcpDoor>,
+}
+
+impl FrontDoors {
+    /// Loads or generates the certificate and binds the edge's listeners.
+    /// Must run inside a tokio runtime.
+    pub(crate) fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
+        let topology = cx.topology();
+        let edge = topology
+            .edges
+            .get(cx.edge)
+            .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
+        let (quic_addr, tcp_addr) = (edge.quic_listen, edge.tcp_listen);
+        let cert = tls::cert_files(&topology)?;
+        let pipeline = Arc::new(Pipeline::new(cx)?);
+        let quic = FrontDoor::bind(pipeline.clone(), quic_addr, &cert)?;
+        let tcp = match tcp_addr {
+            Some(addr) => Some(TcpDoor::bind(
+                pipeline,
+                addr,
+                &cert,
+                Some(quic.local_addr.port()),
+            )?),
+            None => None,
+        };
+        Ok(Self { quic, tcp })
+    }
+
+    /// The bound HTTP/3 address (the real port when `quic_listen` has port 0).
+    pub(crate) fn quic_addr(&self) -> SocketAddr {
+        self.quic.local_addr
+    }
+
+    /// The bound HTTPS-over-TCP address, when the edge has one.
+    pub(crate) fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(TcpDoor::local_addr)
+    }
+
+    /// Serves until `token` is cancelled, then drains both doors.
+    pub(crate) async fn serve(self, token: CancellationToken) {
+        let quic = self.quic.serve(token.clone());
+        match self.tcp {
+            Some(tcp) => {
+                tokio::join!(quic, tcp.serve(token));
+            }
+            None => quic.await,
+        }
+    }
+}
+
+/// A bound HTTP/3 front door.
+struct FrontDoor {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     shared: Arc<server::Shared>,
 }
 
 impl FrontDoor {
-    /// Binds the edge's `quic_listen` (see `bind_to`).
-    pub(crate) fn bind(cx: EdgeContext) -> Result<Self, FrontdoorError> {
-        let addr = cx
-            .topology()
-            .edges
-            .get(cx.edge)
-            .map(|e| e.quic_listen)
-            .ok_or_else(|| FrontdoorError::Config(format!("no edge {}", cx.edge)))?;
-        Self::bind_to(cx, addr)
-    }
-
-    /// Loads or generates the certificate, creates the UDP socket with the
-    /// configured buffer sizes and binds the QUIC endpoint on `addr`. Must
-    /// run inside a tokio runtime.
-    pub(crate) fn bind_to(cx: EdgeContext, addr: SocketAddr) -> Result<Self, FrontdoorError> {
-        let cert = tls::cert_files(&cx.topology())?;
-        let pipeline = Arc::new(Pipeline::new(cx)?);
-        let (endpoint, shared) = server::bind(pipeline, addr, &cert)?;
+    /// Creates the UDP socket with the configured buffer sizes and binds
+    /// the QUIC endpoint on `addr`.
+    fn bind(
+        pipeline: Arc<Pipeline>,
+        addr: SocketAddr,
+        cert: &tls::CertFiles,
+    ) -> Result<Self, FrontdoorError> {
+        let (endpoint, shared) = server::bind(pipeline, addr, cert)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| FrontdoorError::Bind { addr, source })?;
@@ -78,15 +127,10 @@ impl FrontDoor {
         })
     }
 
-    /// The bound address (the real port when `quic_listen` has port 0).
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
     /// Serves until `token` is cancelled, then sends GOAWAY on every
     /// connection, lets in-flight requests finish (each is bounded by its
     /// function's deadline) and closes the endpoint.
-    pub(crate) async fn serve(self, token: CancellationToken) {
+    async fn serve(self, token: CancellationToken) {
         server::serve(self.endpoint, self.shared, token).await
     }
 }

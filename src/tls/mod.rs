@@ -137,6 +137,27 @@ pub(crate) fn server_config_with(
     Ok(tls)
 }
 
+/// The rustls configuration of the HTTPS-over-TCP front door: the same
+/// certificate as the QUIC listener, ALPN `h2` then `http/1.1`, TLS 1.3
+/// and 1.2 (TCP clients still include TLS 1.2-only ones), no client
+/// certificates (the mesh stays on QUIC) and no early data.
+pub(crate) fn web_server_config(files: &CertFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("reading {}: {e}", files.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TlsError(format!("reading {}: {e}", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("{}: {e}", files.cert.display())))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// The rustls configuration of DNS over QUIC (RFC 9250): the same
 /// certificate as the front door, TLS 1.3, ALPN `doq`, no client
 /// certificates and no early data.

@@ -783,7 +783,8 @@ async fn https_record_points_at_the_quic_port() {
             .map(|(_, v)| v.clone())
     };
     match find(SvcParamKey::Alpn) {
-        Some(SvcParamValue::Alpn(a)) => assert_eq!(a.0, vec!["h3".to_string()]),
+        // nyc serves HTTPS over TCP on its QUIC port too.
+        Some(SvcParamValue::Alpn(a)) => assert_eq!(a.0, ["h3", "h2"]),
         other => panic!("alpn: {other:?} in {params:?}"),
     }
     match find(SvcParamKey::Port) {
@@ -800,6 +801,26 @@ async fn https_record_points_at_the_quic_port() {
         other => panic!("ipv4hint: {other:?} in {params:?}"),
     }
     assert_eq!(ecs_of(&r).unwrap().scope_prefix(), 24);
+    // Without tcp_listen, HTTP/3 only.
+    let s = start_with("fra", |t| {
+        t.edge("nyc", |e| {
+            e.remove("tcp_listen");
+        });
+    })
+    .await;
+    let r = udp(
+        s.addr,
+        &query("echo.fn.test.", RecordType::HTTPS, Some("192.0.2.0/24")),
+    )
+    .await;
+    let RData::HTTPS(h) = &r.answers[0].data else {
+        panic!("not HTTPS: {:?}", r.answers[0]);
+    };
+    let alpn = h.0.svc_params.iter().find_map(|(_, v)| match v {
+        SvcParamValue::Alpn(a) => Some(a.0.clone()),
+        _ => None,
+    });
+    assert_eq!(alpn, Some(vec!["h3".to_string()]));
 }
 
 #[tokio::test]
@@ -928,7 +949,7 @@ async fn dig_agrees() {
         assert!(out.contains("status: BADVERS"), "{out}");
         let out = dig(addr, &["+subnet=192.0.2.0/24", "echo.fn.test", "HTTPS"]);
         assert!(
-            out.contains("1 . alpn=\"h3\" port=4433 ipv4hint=127.0.0.12"),
+            out.contains("1 . alpn=\"h3,h2\" port=4433 ipv4hint=127.0.0.12"),
             "{out}"
         );
         let out = dig(addr, &["+short", "echo.fn.test", "TXT"]);

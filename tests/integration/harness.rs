@@ -63,6 +63,8 @@ executor = { kind = "command", command = ["cat"] }
 pub(crate) struct Opts {
     /// Lines of the `[quic]` table.
     pub(crate) quic: &'static str,
+    /// Lines of the `[tcp]` table.
+    pub(crate) tcp: &'static str,
     /// `capacity` of the served edge.
     pub(crate) capacity: u32,
     /// More `[[function]]` tables; `functions/…` names the repository's
@@ -74,6 +76,7 @@ impl Default for Opts {
     fn default() -> Self {
         Self {
             quic: "",
+            tcp: "",
             capacity: 16,
             functions: String::new(),
         }
@@ -84,6 +87,8 @@ impl Default for Opts {
 pub(crate) struct TestEdge {
     pub(crate) fleet: Option<Fleet>,
     pub(crate) addr: SocketAddr,
+    /// fra's HTTPS-over-TCP listener (`tcp_listen`).
+    pub(crate) tcp: SocketAddr,
     pub(crate) topology: Arc<Topology>,
     pub(crate) dir: tempfile::TempDir,
 }
@@ -110,12 +115,16 @@ state_dir = "{state}"
 [quic]
 {quic}
 
+[tcp]
+{tcp}
+
 [[edge]]
 name = "fra"
 location = {{ lat = 50.11, lon = 8.68 }}
 addresses = ["127.0.0.1"]
 dns_listen = "127.0.0.1:0"
 quic_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 capacity = {capacity}
 
@@ -131,6 +140,7 @@ capacity = 16
 {extra}"#,
         state = dir.path().join("state").display(),
         quic = opts.quic,
+        tcp = opts.tcp,
         capacity = opts.capacity,
         extra = opts.functions,
     );
@@ -148,9 +158,11 @@ capacity = 16
         .expect("fleet starts");
     let addr = fleet.quic_addrs[0];
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let tcp = fleet.tcp_addrs[0].expect("fra has tcp_listen");
     TestEdge {
         fleet: Some(fleet),
         addr,
+        tcp,
         topology,
         dir,
     }

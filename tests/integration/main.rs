@@ -18,3 +18,4 @@ mod qpack;
 mod reload;
 mod routing;
 mod topo;
+mod web;

@@ -1,0 +1,477 @@
+//! The HTTPS-over-TCP front door (`tcp_listen`) with clients we did not
+//! write (curl over HTTP/1.1 and HTTP/2) and hostile ones written here:
+//! request smuggling, slow heads, too many headers or connections, and an
+//! HTTP/2 rapid-reset flood, all against the real listener.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{start, Opts, TestEdge};
+
+/// What curl saw: status, lower-case headers, body, HTTP version.
+struct Curl {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    version: String,
+}
+
+impl Curl {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Runs curl against `edge`'s TCP listener as `host`, trusting the edge's
+/// development certificate. `args` are curl's (method, data, headers).
+fn curl(edge: &TestEdge, proto: &str, host: &str, path: &str, args: &[&str]) -> Curl {
+    let port = edge.tcp.port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let out = Command::new("curl")
+        .args(["-sS", proto, "--max-time", "10", "--cacert"])
+        .arg(edge.cert())
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_version}"])
+        .args(args)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl runs (.ci/deps-web.sh installs it)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_curl(
+        &head,
+        &body,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn parse_curl(head: &Path, body: &Path, version: String) -> Curl {
+    let head = std::fs::read_to_string(head).expect("headers");
+    let mut lines = head.lines();
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status in {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Curl {
+        status,
+        headers,
+        body: std::fs::read(body).unwrap_or_default(),
+        version,
+    }
+}
+
+const PROTOS: [(&str, &str); 2] = [("--http1.1", "1.1"), ("--http2", "2")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_invokes_over_http1_and_http2_like_http3() {
+    let mut edge = start(Opts::default()).await;
+    for (flag, version) in PROTOS {
+        let r = curl(
+            &edge,
+            flag,
+            "fra.fn.test",
+            "/fn/upper",
+            &["--data-binary", "hello tcp"],
+        );
+        assert_eq!(r.version, version, "{flag}");
+        assert_eq!(r.status, 200, "{flag}");
+        assert_eq!(r.body, b"HELLO TCP", "{flag}");
+        assert_eq!(r.header("fnroute-edge"), Some("fra"), "{flag}");
+        assert!(r.header("fnroute-request-id").is_some(), "{flag}");
+        assert!(r.header("server-timing").is_some(), "{flag}");
+        let alt = format!("h3=\":{}\"; ma=86400", edge.addr.port());
+        assert_eq!(r.header("alt-svc"), Some(alt.as_str()), "{flag}");
+    }
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problems_are_the_same_over_tcp() {
+    let mut edge = start(Opts {
+        quic: "max_payload_bytes = 1024",
+        ..Opts::default()
+    })
+    .await;
+    for (flag, _) in PROTOS {
+        let r = curl(
+            &edge,
+            flag,
+            "fra.fn.test",
+            "/fn/nope",
+            &["--data-binary", "x"],
+        );
+        assert_eq!(r.status, 404, "{flag}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(
+            r.json()["type"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("/unknown-function"),
+            "{flag}"
+        );
+
+        let r = curl(&edge, flag, "fra.fn.test", "/fn/upper", &[]);
+        assert_eq!(r.status, 405, "{flag}: GET");
+        assert_eq!(r.header("allow"), Some("POST"), "{flag}");
+
+        if flag == "--http1.1" {
+            // Over HTTP/2 the 413 comes with RST_STREAM(NO_ERROR) for the
+            // body still on its way (RFC 9113 §8.1), which curl 7.88
+            // reports as a failure; HTTP/2 is checked below with h2.
+            let big = "x".repeat(4096);
+            let r = curl(
+                &edge,
+                flag,
+                "fra.fn.test",
+                "/fn/upper",
+                &["--data-binary", &big],
+            );
+            assert_eq!(r.status, 413, "{flag}");
+            assert!(
+                r.json()["type"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("/payload-too-large"),
+                "{flag}"
+            );
+        }
+
+        let r = curl(
+            &edge,
+            flag,
+            "fra.fn.test",
+            "/fn/fail",
+            &["--data-binary", "x"],
+        );
+        assert_eq!(r.status, 502, "{flag}");
+        assert_eq!(r.header("fnroute-edge"), Some("fra"), "{flag}");
+    }
+    // HTTP/2: a declared 7 MB body is refused before any of it is sent.
+    let tls = tls_alpn(&edge, &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::post("https://fra.fn.test/fn/upper")
+        .header("content-length", "7000000")
+        .body(())
+        .expect("request");
+    let (resp, _body) = send.send_request(req, false).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("answered before the body")
+        .expect("response");
+    assert_eq!(resp.status(), 413);
+    edge.shutdown().await;
+}
+
+/// One cache for every transport: a miss over HTTP/1.1 is a hit over
+/// HTTP/2 and over HTTP/3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_http3_share_the_edge_cache() {
+    let mut edge = start(Opts::default()).await;
+    let body = "cache me over tcp";
+    let r = curl(
+        &edge,
+        "--http1.1",
+        "fra.fn.test",
+        "/fn/cached",
+        &["--data-binary", body],
+    );
+    assert_eq!((r.status, r.header("fnroute-cache")), (200, Some("miss")));
+    let r = curl(
+        &edge,
+        "--http2",
+        "fra.fn.test",
+        "/fn/cached",
+        &["--data-binary", body],
+    );
+    assert_eq!((r.status, r.header("fnroute-cache")), (200, Some("hit")));
+    assert_eq!(r.body, body.as_bytes());
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let r = conn
+        .send(fnroute::mesh::transport::Request::invoke(
+            "cached",
+            bytes::Bytes::from(body),
+        ))
+        .await
+        .expect("h3");
+    assert_eq!(r.header("fnroute-cache"), Some("hit"));
+    edge.shutdown().await;
+}
+
+/// A TLS connection to `edge`'s TCP listener, offering only HTTP/1.1.
+async fn tls(edge: &TestEdge) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_alpn(edge, &[b"http/1.1"]).await
+}
+
+async fn tls_alpn(edge: &TestEdge, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(edge.cert()).expect("cert") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(edge.tcp).await.expect("connect");
+    connector
+        .connect(ServerName::try_from("fra.fn.test").expect("name"), tcp)
+        .await
+        .expect("tls handshake")
+}
+
+/// Everything the server sends until it closes (or `limit` passes).
+async fn read_all<S: AsyncReadExt + Unpin>(s: &mut S, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Request smuggling: two different lengths, or a coding that is not
+/// chunked last, get 400 and the connection closed; a body framed two ways
+/// (`content-length` and chunked) is read as chunked and the connection is
+/// closed after the one answer. Either way nothing after the first body is
+/// read as a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_get_one_answer_and_a_closed_connection() {
+    let mut edge = start(Opts::default()).await;
+    let mut s = tls(&edge).await;
+    s.write_all(b"POST /fn/upper HTTP/1.1\r\nhost: fra.fn.test\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST /fn/upper HTTP/1.1\r\nhost: fra.fn.test\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .expect("write");
+    let (reply, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(
+        reply.ends_with("ABC"),
+        "the chunked body, not the length: {reply:?}"
+    );
+    assert!(reply.contains("connection: close"), "{reply:?}");
+    assert_eq!(
+        reply.matches("HTTP/1.1").count(),
+        1,
+        "one answer only: {reply:?}"
+    );
+    assert!(closed, "connection closed");
+    let attempts = [
+        "POST /fn/upper HTTP/1.1\r\nhost: fra.fn.test\r\ncontent-length: 3\r\ncontent-length: 40\r\n\r\nabcPOST /fn/upper HTTP/1.1\r\n\r\n",
+        "POST /fn/upper HTTP/1.1\r\nhost: fra.fn.test\r\ntransfer-encoding: gzip, chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "POST /fn/upper HTTP/1.0\r\nhost: fra.fn.test\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    for a in attempts {
+        let mut s = tls(&edge).await;
+        s.write_all(a.as_bytes()).await.expect("write");
+        let (reply, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{a:?} -> {reply:?}");
+        assert_eq!(
+            reply.matches("HTTP/1.1").count(),
+            1,
+            "one answer only: {reply:?}"
+        );
+        assert!(closed, "connection closed after {a:?}");
+    }
+    edge.shutdown().await;
+}
+
+/// A client that sends its request head too slowly is cut off at the
+/// header read deadline; the edge keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_are_cut_off_at_the_header_deadline() {
+    let mut edge = start(Opts {
+        tcp: "header_read_timeout_ms = 300",
+        ..Opts::default()
+    })
+    .await;
+    let mut s = tls(&edge).await;
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /fn/upper HTTP/1.1\r\nhost: fra.fn.t")
+        .await
+        .expect("write");
+    let (reply, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "closed");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply:?}"
+    );
+    // A TLS handshake that never starts is cut off too.
+    let mut raw = TcpStream::connect(edge.tcp).await.expect("connect");
+    let (_, closed) = read_all(&mut raw, Duration::from_secs(5)).await;
+    assert!(closed, "an idle handshake is closed");
+    let r = curl(
+        &edge,
+        "--http1.1",
+        "fra.fn.test",
+        "/fn/upper",
+        &["--data-binary", "ok"],
+    );
+    assert_eq!(r.body, b"OK");
+    edge.shutdown().await;
+}
+
+/// More header fields than `tcp.max_headers`, or more header bytes than
+/// `quic.max_header_bytes`: 431, and the edge goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_are_refused() {
+    let mut edge = start(Opts {
+        tcp: "max_headers = 20",
+        ..Opts::default()
+    })
+    .await;
+    let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long = format!("x-long: {}\r\n", "a".repeat(64 * 1024));
+    for extra in [many, long] {
+        let mut s = tls(&edge).await;
+        let req = format!(
+            "POST /fn/upper HTTP/1.1\r\nhost: fra.fn.test\r\ncontent-length: 1\r\n{extra}\r\nx"
+        );
+        let _ = s.write_all(req.as_bytes()).await;
+        let (reply, _) = read_all(&mut s, Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    }
+    let r = curl(
+        &edge,
+        "--http2",
+        "fra.fn.test",
+        "/fn/upper",
+        &["--data-binary", "ok"],
+    );
+    assert_eq!(r.body, b"OK");
+    edge.shutdown().await;
+}
+
+/// Beyond `tcp.max_connections` a connection is closed on accept; when
+/// one closes, a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed() {
+    let mut edge = start(Opts {
+        tcp: "max_connections = 2",
+        ..Opts::default()
+    })
+    .await;
+    let a = tls(&edge).await;
+    let b = tls(&edge).await;
+    let mut c = TcpStream::connect(edge.tcp).await.expect("connect");
+    let (_, closed) = read_all(&mut c, Duration::from_secs(5)).await;
+    assert!(closed, "the third connection is closed");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = curl(
+        &edge,
+        "--http1.1",
+        "fra.fn.test",
+        "/fn/upper",
+        &["--data-binary", "ok"],
+    );
+    assert_eq!(r.body, b"OK");
+    edge.shutdown().await;
+}
+
+/// CVE-2023-44487: a client opening streams and resetting them at once
+/// gets GOAWAY after a bounded number, and the edge's memory does not
+/// grow with the number of resets; other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_flood_is_cut_off() {
+    let mut edge = start(Opts::default()).await;
+    let rss_before = rss_kib();
+    let mut cut_off = 0;
+    for _ in 0..20 {
+        let tls = tls_alpn(&edge, &[b"h2"]).await;
+        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        let driver = tokio::spawn(conn);
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            let req = http::Request::post("https://fra.fn.test/fn/slow")
+                .body(())
+                .expect("request");
+            let Ok(ready) = send.clone().ready().await else {
+                break;
+            };
+            send = ready;
+            match send.send_request(req, false) {
+                Ok((resp, mut body)) => {
+                    // Reset at once: RST_STREAM(CANCEL).
+                    body.send_reset(h2::Reason::CANCEL);
+                    drop(resp);
+                    sent += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        if ended.is_ok() && sent < 10_000 {
+            cut_off += 1;
+        }
+    }
+    assert_eq!(
+        cut_off, 20,
+        "every flooding connection is closed by the edge"
+    );
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
+    let r = curl(
+        &edge,
+        "--http2",
+        "fra.fn.test",
+        "/fn/upper",
+        &["--data-binary", "ok"],
+    );
+    assert_eq!(r.body, b"OK");
+    edge.shutdown().await;
+}
+
+/// This process's resident memory (the edge runs in it).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
