@@ -56,6 +56,12 @@ pub(crate) enum Route<'a> {
     MethodNotAllowed,
     NotFound,
 }
+/// Paths of the client API (`/fn/…`, `/event/…`, `/route`, `/health`):
+/// they keep their meaning on every host, function URLs included, so a
+/// client that resolved `<function>.<zone>` may still `POST /fn/<name>`.
+pub(crate) fn is_api_path(path: &str) -> bool {
+    path.starts_with("/fn/") || path.starts_with("/event/") || path == "/route" || path == "/health"
+}
 
 /// Maps method and path to a route: `POST /fn/{name}`,
 /// `POST /event/{type}` and `POST /route`.

@@ -105,6 +105,9 @@ pub(crate) enum Target {
     Stack,
     /// `GET /health`, for cluster peers.
     Health,
+    /// A function URL (`<function>.<zone>`) at a path its function does
+    /// not serve (an event function takes `POST /` only).
+    UrlPath(FunctionName),
     MethodNotAllowed,
     NotFound,
 }
@@ -160,8 +163,19 @@ impl Call {
     ) -> Self {
         let (parts, ()) = req.into_parts();
         let path = parts.uri.path();
+        let url = match peer {
+            None => url_function(&topology, &parts),
+            // Peers use the API paths whatever name they connected with.
+            Some(_) => None,
+        };
         let target = if path == "/health" {
             Target::Health
+        } else if let Some(f) = url.filter(|_| !limits::is_api_path(path)) {
+            match (&parts.method, path) {
+                (&http::Method::POST, "/") => Target::Invoke(f.name.clone()),
+                (&http::Method::POST, _) => Target::UrlPath(f.name.clone()),
+                _ => Target::MethodNotAllowed,
+            }
         } else {
             match limits::route(&parts.method, path) {
                 Route::Invoke(n) => Target::Invoke(match topology.function(n) {
@@ -234,6 +248,25 @@ impl Call {
     }
 }
 
+/// The function whose URL `<function>.<zone>` the request was sent to
+/// (`:authority`, else `Host`; any port, any case, a trailing dot or not),
+/// if the topology has it.
+fn url_function<'t>(topology: &'t Topology, parts: &http::request::Parts) -> Option<&'t Function> {
+    let host = match parts.uri.host() {
+        Some(h) => h,
+        None => parts.headers.get(header::HOST)?.to_str().ok()?,
+    };
+    // `Host` may carry a port; an IPv6 literal never names a function.
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let zone = topology.zone.strip_suffix('.').unwrap_or(&topology.zone);
+    let (label, rest) = host.split_once('.')?;
+    if !rest.eq_ignore_ascii_case(zone) {
+        return None;
+    }
+    topology.function(label)
+}
+
 /// The body of a request, however its transport delivers it.
 pub(crate) trait RequestBody: Send {
     /// The whole body, never holding more than `max` bytes, by `deadline`.
@@ -269,6 +302,14 @@ pub(crate) async fn serve<B: RequestBody>(
             ProblemKind::MethodNotAllowed,
             format!("method {} is not allowed; use POST", call.method),
         )),
+        Target::UrlPath(name) => Err(Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "the URL of function {name:?} takes POST / (its event as the body); no resource at {:?}",
+                call.uri.path()
+            ),
+        )
+        .function(name)),
         Target::NotFound => Err(Problem::new(
             ProblemKind::NotFound,
             format!(

@@ -475,3 +475,67 @@ fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Function URLs: a request to `<function>.<zone>` goes to that function
+/// over TCP and over HTTP/3, any case, any port; an event function takes
+/// `POST /` (405 for other methods, 404 for other paths), and the API
+/// paths keep their meaning on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_urls_route_by_host_over_tcp_and_http3() {
+    let mut edge = start(Opts::default()).await;
+    for (flag, _) in PROTOS {
+        let r = curl(
+            &edge,
+            flag,
+            "upper.fn.test",
+            "/",
+            &["--data-binary", "by url"],
+        );
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"BY URL"[..]),
+            "{flag}"
+        );
+        let r = curl(
+            &edge,
+            flag,
+            "UPPER.Fn.Test",
+            "/",
+            &["--data-binary", "case"],
+        );
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"CASE"[..]), "{flag}");
+        let r = curl(&edge, flag, "upper.fn.test", "/", &[]);
+        assert_eq!(r.status, 405, "{flag}: GET /");
+        assert_eq!(r.header("allow"), Some("POST"), "{flag}");
+        let r = curl(
+            &edge,
+            flag,
+            "upper.fn.test",
+            "/elsewhere",
+            &["--data-binary", "x"],
+        );
+        assert_eq!(r.status, 404, "{flag}");
+        let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+        assert!(detail.contains("takes POST /"), "{flag}: {detail}");
+        // The API paths on a function's host: resize runs, not upper.
+        let r = curl(
+            &edge,
+            flag,
+            "upper.fn.test",
+            "/fn/resize",
+            &["--data-binary", "keep"],
+        );
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"keep"[..]), "{flag}");
+        // Not a function under the zone: the path decides.
+        let r = curl(&edge, flag, "fra.fn.test", "/", &["--data-binary", "x"]);
+        assert_eq!(r.status, 404, "{flag}");
+    }
+    let client = edge.client();
+    let conn = edge.connect(&client).await; // :authority upper.fn.test
+    let mut req =
+        fnroute::mesh::transport::Request::invoke("ignored", bytes::Bytes::from("h3 url"));
+    req.path = "/".into();
+    let r = conn.send(req).await.expect("h3");
+    assert_eq!((r.status, &r.body[..]), (200, &b"H3 URL"[..]));
+    edge.shutdown().await;
+}
