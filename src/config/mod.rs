@@ -8,6 +8,7 @@
 //! wire formats; it only reads the topology file and checks that the files
 //! it names exist.
 
+pub(crate) mod cors;
 mod model;
 mod raw;
 pub(crate) mod reload;

@@ -275,6 +275,17 @@ impl serde::Serialize for FunctionName {
     }
 }
 
+/// `[[function]] interface`: what a function receives and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interface {
+    /// The request body is the event; the result is the response body.
+    #[default]
+    Event,
+    /// A Lambda function URL event (payload format 2.0) in, and
+    /// `{statusCode, headers, cookies, body, isBase64Encoded}` out.
+    Http,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     /// A DNS label, lower case.
@@ -290,6 +301,10 @@ pub struct Function {
     pub idempotent: bool,
     /// Output is a routing envelope (`{"push": [...], "event": ...}`).
     pub(crate) gatekeeper: bool,
+    /// What the function receives and returns.
+    pub interface: Interface,
+    /// CORS of its function URL: preflights answered at the edge.
+    pub(crate) cors: Option<std::sync::Arc<super::cors::CorsPolicy>>,
     /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.

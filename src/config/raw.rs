@@ -200,6 +200,10 @@ pub(crate) struct RawFunction {
     /// Its output is a routing envelope: steps to push in its place.
     #[serde(default)]
     pub(crate) gatekeeper: bool,
+    /// `"event"` (default) or `"http"` (function URL events and results).
+    pub(crate) interface: Option<Spanned<String>>,
+    /// CORS of its function URL.
+    pub(crate) cors: Option<Spanned<super::cors::CorsPolicy>>,
 }
 
 #[derive(Debug, Deserialize)]

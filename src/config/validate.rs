@@ -1079,12 +1079,63 @@ fn check_functions(
             cache,
             idempotent: f.idempotent,
             gatekeeper: f.gatekeeper,
+            interface: check_interface(cx, f, &key),
+            cors: check_cors(cx, f, &key),
             cache_version: 0,
         };
         function.cache_version = super::function_version(&function);
         out.push(function);
     }
     out
+}
+
+fn check_interface(cx: &mut Ctx<'_>, f: &RawFunction, key: &str) -> Interface {
+    let Some(i) = &f.interface else {
+        return Interface::Event;
+    };
+    match i.get_ref().as_str() {
+        "event" => Interface::Event,
+        "http" => {
+            if f.gatekeeper {
+                cx.err(
+                    Some(i.span()),
+                    format!("{key}.interface"),
+                    "a gatekeeper's output is a routing envelope, not an HTTP response",
+                    Some("drop interface = \"http\" or gatekeeper = true".into()),
+                );
+            }
+            Interface::Http
+        }
+        other => {
+            cx.err(
+                Some(i.span()),
+                format!("{key}.interface"),
+                format!("unknown interface {other:?}"),
+                Some("use \"event\" (the body is the event) or \"http\" (Lambda function URL events)".into()),
+            );
+            Interface::Event
+        }
+    }
+}
+
+fn check_cors(
+    cx: &mut Ctx<'_>,
+    f: &RawFunction,
+    key: &str,
+) -> Option<std::sync::Arc<super::cors::CorsPolicy>> {
+    let c = f.cors.as_ref()?;
+    if let Err(problems) = c.get_ref().validate() {
+        for p in problems {
+            cx.err(
+                Some(c.span()),
+                format!("{key}.cors.{}", p.key()),
+                p.to_string(),
+                None,
+            );
+        }
+        return None;
+    }
+    Some(std::sync::Arc::new(c.get_ref().clone()))
 }
 
 fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Executor {

@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{ExecutorKind, Function};
+use super::{ExecutorKind, Function, Interface};
 
 /// A stable version of everything in a function's definition that can
 /// change its results: name, executor (kind, command, env, handler, working
@@ -31,6 +31,9 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         cache,
         idempotent: _,
         gatekeeper,
+        interface,
+        // Decided at the edge; the function's results do not depend on it.
+        cors: _,
         // The digest itself (what this computes).
         cache_version: _,
     } = f;
@@ -81,6 +84,9 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         None => field(&mut h, b"no-cache"),
     }
     // Only when set, so versions of existing functions do not move.
+    if *interface == Interface::Http {
+        field(&mut h, b"interface-http");
+    }
     if *gatekeeper {
         field(&mut h, b"gatekeeper");
     }

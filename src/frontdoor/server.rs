@@ -349,7 +349,14 @@ fn spawn_request(
     };
     // Boxed: the request future is over 2 KiB, and spawning copies a
     // future several times on its way into the task.
-    requests.spawn(Box::pin(request(shared.clone(), resolver, early, peer)));
+    let remote = conn.remote_address();
+    requests.spawn(Box::pin(request(
+        shared.clone(),
+        resolver,
+        early,
+        peer,
+        remote,
+    )));
 }
 
 /// Waits for the connection's requests; when the front door is shutting
@@ -388,6 +395,7 @@ async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     early: bool,
     peer: Option<String>,
+    remote: SocketAddr,
 ) {
     let started = Instant::now();
     let read_deadline = started + shared.p.settings.body_read_timeout;
@@ -407,12 +415,13 @@ async fn request(
         req,
         peer,
         early,
+        Some(remote),
         started,
         &shared.p.settings,
         shared.p.cx.topology(),
     );
     let name = match &call.target {
-        Target::Invoke(n) => n.as_str(),
+        Target::Invoke(n) | Target::Url(n) => n.as_str(),
         _ => "",
     };
     let span = tracing::debug_span!("invoke", r#fn = %name, req = %call.id, edge = %shared.p.edge_name, peer = ?call.peer);

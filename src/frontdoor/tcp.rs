@@ -268,12 +268,13 @@ async fn request(
         Request::from_parts(parts, ()),
         None,
         false,
+        Some(remote),
         started,
         &p.settings,
         p.cx.topology(),
     );
     let name = match &call.target {
-        Target::Invoke(n) => n.as_str(),
+        Target::Invoke(n) | Target::Url(n) => n.as_str(),
         _ => "",
     };
     let proto = if h2 { "h2" } else { "http/1.1" };

@@ -27,6 +27,17 @@ pub struct CachedReply {
     /// hit clones the entry, and cloning this shares its bytes).
     pub timing: HeaderValue,
     pub directive: Directive,
+    /// An HTTP function's own status and headers (`None`: 200, and the
+    /// body and content type are all there is).
+    pub http: Option<std::sync::Arc<HttpHead>>,
+}
+
+/// The status and headers an HTTP function answered with (its
+/// `content-type` is [`CachedReply::content_type`]).
+#[derive(Debug)]
+pub struct HttpHead {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
 }
 
 impl CachedReply {
@@ -48,7 +59,13 @@ impl CachedReply {
 
 impl Cacheable for CachedReply {
     fn weight(&self) -> u32 {
-        let n = self.body.len() + self.content_type.len() + self.timing.len();
+        let head = self.http.as_ref().map_or(0, |h| {
+            h.headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum::<usize>()
+        });
+        let n = self.body.len() + self.content_type.len() + self.timing.len() + head;
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 

@@ -16,12 +16,6 @@
 //! Where the documents are silent, the choice made and its source are
 //! noted where it is made.
 
-// Not wired into the request path yet: remove this once it is.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "not yet wired into the request path")
-)]
-
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

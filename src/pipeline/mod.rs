@@ -31,14 +31,14 @@ use limits::Route;
 
 pub mod cached;
 mod context;
-pub(crate) mod cors;
 pub(crate) mod function_url;
 pub(crate) mod limits;
 pub mod problem;
 mod routed;
+mod url;
 
 use crate::cache::{CacheKey, CacheStatus};
-use crate::config::{Function, FunctionName, QuicSettings, Topology};
+use crate::config::{Function, FunctionName, Interface, QuicSettings, Topology};
 use crate::dispatch::{Dispatcher, Forward};
 use crate::exec::Invocation;
 pub use context::EdgeContext;
@@ -105,9 +105,9 @@ pub(crate) enum Target {
     Stack,
     /// `GET /health`, for cluster peers.
     Health,
-    /// A function URL (`<function>.<zone>`) at a path its function does
-    /// not serve (an event function takes `POST /` only).
-    UrlPath(FunctionName),
+    /// A request to a function's URL (`<function>.<zone>`): any method
+    /// and path, decided by the function's interface (`url`).
+    Url(FunctionName),
     MethodNotAllowed,
     NotFound,
 }
@@ -143,6 +143,10 @@ pub(crate) struct Call {
     pub(crate) internal: Internal,
     /// Arrived as TLS early data (0-RTT): it may be a replay.
     pub(crate) early: bool,
+    /// The client's address, as the transport saw it.
+    pub(crate) remote: Option<std::net::SocketAddr>,
+    /// The HTTP version it arrived with.
+    pub(crate) version: http::Version,
     pub(crate) started: Instant,
     /// When the whole body must have arrived.
     pub(crate) read_deadline: Instant,
@@ -157,6 +161,7 @@ impl Call {
         req: http::Request<()>,
         peer: Option<String>,
         early: bool,
+        remote: Option<std::net::SocketAddr>,
         started: Instant,
         settings: &QuicSettings,
         topology: Arc<Topology>,
@@ -168,14 +173,13 @@ impl Call {
             // Peers use the API paths whatever name they connected with.
             Some(_) => None,
         };
+        // An HTTP function's URL is all its own; an event function's
+        // leaves the API paths to the API.
+        let url = url.filter(|f| f.interface == Interface::Http || !limits::is_api_path(path));
         let target = if path == "/health" {
             Target::Health
-        } else if let Some(f) = url.filter(|_| !limits::is_api_path(path)) {
-            match (&parts.method, path) {
-                (&http::Method::POST, "/") => Target::Invoke(f.name.clone()),
-                (&http::Method::POST, _) => Target::UrlPath(f.name.clone()),
-                _ => Target::MethodNotAllowed,
-            }
+        } else if let Some(f) = url {
+            Target::Url(f.name.clone())
         } else {
             match limits::route(&parts.method, path) {
                 Route::Invoke(n) => Target::Invoke(match topology.function(n) {
@@ -219,6 +223,8 @@ impl Call {
             peer,
             internal,
             early,
+            remote,
+            version: parts.version,
             started,
             read_deadline: started + settings.body_read_timeout,
             topology,
@@ -302,14 +308,7 @@ pub(crate) async fn serve<B: RequestBody>(
             ProblemKind::MethodNotAllowed,
             format!("method {} is not allowed; use POST", call.method),
         )),
-        Target::UrlPath(name) => Err(Problem::new(
-            ProblemKind::NotFound,
-            format!(
-                "the URL of function {name:?} takes POST / (its event as the body); no resource at {:?}",
-                call.uri.path()
-            ),
-        )
-        .function(name)),
+        Target::Url(name) => url::handle(shared, call, name, body).await,
         Target::NotFound => Err(Problem::new(
             ProblemKind::NotFound,
             format!(
@@ -328,7 +327,18 @@ async fn invoke<B: RequestBody>(
     body: &mut B,
 ) -> Result<Reply, Problem> {
     let target = resolve(shared, call, name)?;
+    invoke_resolved(shared, call, target, body).await
+}
+
+/// `POST /fn/{name}` (or an event function's URL) once resolved.
+async fn invoke_resolved<B: RequestBody>(
+    shared: &Arc<Pipeline>,
+    call: &Call,
+    target: Resolved<'_>,
+    body: &mut B,
+) -> Result<Reply, Problem> {
     let function = target.function();
+    let name = function.name.as_str();
     let timeout = admit(shared, call, function)?;
     let payload = read_payload(shared, call, body)
         .await
@@ -530,9 +540,13 @@ pub(crate) async fn run_cached(
     timeout: Duration,
     trace: Option<String>,
 ) -> (Result<CachedReply, Problem>, Option<CacheStatus>, u64) {
+    // An HTTP function's raw invocation (its event, e.g. from a peer's
+    // function URL) is never cached here: the event is unique per request;
+    // its URL's responses are cached by `url`.
     let key = function
         .cache
         .as_ref()
+        .filter(|_| function.interface == Interface::Event)
         .map(|_| CacheKey::for_request(function, &payload, |h| call.header(h)));
     let inv = Invocation {
         function: function.name.clone(),
@@ -637,6 +651,7 @@ pub(crate) async fn execute(
         content_type,
         timing,
         directive,
+        http: None,
     })
 }
 
@@ -666,6 +681,10 @@ fn respond(
         "invoked"
     );
     let mut head = Response::new(());
+    if let Some(http) = &reply.http {
+        *head.status_mut() = http.status;
+        head.headers_mut().clone_from(&http.headers);
+    }
     let h = head.headers_mut();
     h.reserve(8);
     h.insert(crate::headers::EDGE, shared.edge_value.clone());
@@ -744,7 +763,7 @@ fn health(shared: &Pipeline, call: &Call) -> Result<Reply, Problem> {
 /// names from the topology become label values.
 pub(crate) fn record_invocation(shared: &Pipeline, call: &Call, result: &Result<Reply, Problem>) {
     use crate::metrics::Path;
-    let Target::Invoke(name) = &call.target else {
+    let (Target::Invoke(name) | Target::Url(name)) = &call.target else {
         return;
     };
     let edge = shared.edge_name.as_str();

@@ -48,6 +48,8 @@ pub enum ProblemKind {
     StackDepth,
     /// A gatekeeper's output is not a routing envelope.
     GatekeeperOutput,
+    /// An HTTP function's result is not a function URL response.
+    FunctionResponse,
 }
 
 impl ProblemKind {
@@ -77,6 +79,7 @@ impl ProblemKind {
             Self::ExpansionLimit => "route-expansion-limit",
             Self::StackDepth => "route-stack-depth",
             Self::GatekeeperOutput => "gatekeeper-output",
+            Self::FunctionResponse => "function-response",
         }
     }
 
@@ -100,7 +103,7 @@ impl ProblemKind {
             Self::UnknownStep => StatusCode::BAD_REQUEST,
             Self::UnknownEvent => StatusCode::NOT_FOUND,
             Self::StepLimit | Self::ExpansionLimit | Self::StackDepth => StatusCode::LOOP_DETECTED,
-            Self::GatekeeperOutput => StatusCode::BAD_GATEWAY,
+            Self::GatekeeperOutput | Self::FunctionResponse => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -130,6 +133,7 @@ impl ProblemKind {
             Self::ExpansionLimit => "route expansion limit reached",
             Self::StackDepth => "route stack too deep",
             Self::GatekeeperOutput => "bad gatekeeper output",
+            Self::FunctionResponse => "bad function response",
         }
     }
 }

@@ -548,6 +548,7 @@ async fn cache_purge_needs_a_token_and_drops_entries() {
                 content_type: http::HeaderValue::from_static("text/plain"),
                 timing: http::HeaderValue::from_static(""),
                 directive: fnroute::cache::Directive::Default,
+                http: None,
             })
         })
         .await;

@@ -16,12 +16,6 @@
 //!
 //! Pure: no I/O.
 
-// Not wired into the request path yet: remove this once it is.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "not yet wired into the request path")
-)]
-
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 

@@ -1,0 +1,297 @@
+//! Function URLs: requests to `<function>.<zone>` (the name DNS resolves
+//! is the name HTTP routes). The function's CORS policy answers
+//! preflights at the edge and decorates its answers; an event function
+//! takes `POST /` (its body is the event); an HTTP function gets the whole
+//! request as a Lambda function URL event and answers with a status,
+//! headers and a body. `GET`/`HEAD` answers of HTTP functions with a
+//! `cache` policy are cached by the policy and the response's own
+//! `cache-control` and `vary`, and `if-none-match` is answered at the edge
+//! (docs/cache.md).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::cached::{CachedReply, HttpHead};
+use super::function_url::{self, UrlRequest};
+use super::{
+    admit, execute, forward, read_payload, resolve, respond, run_here, Call, Pipeline, Problem,
+    ProblemKind, Reply, RequestBody, Resolved,
+};
+use crate::cache::{CacheKey, Directive};
+use crate::config::cors::Preflight;
+use crate::config::{Function, FunctionName, Interface};
+use crate::exec::Invocation;
+
+/// A request to `name`'s URL.
+pub(crate) async fn handle<B: RequestBody>(
+    shared: &Arc<Pipeline>,
+    call: &Call,
+    name: &FunctionName,
+    body: &mut B,
+) -> Result<Reply, Problem> {
+    let target = resolve(shared, call, name)?;
+    let f = target.function();
+    let (cors, interface) = (f.cors.clone(), f.interface);
+    if let Some(p) = cors
+        .as_ref()
+        .and_then(|c| c.preflight(&call.method, &call.headers))
+    {
+        return preflight(shared, call, p);
+    }
+    let mut reply = match interface {
+        Interface::Event => event(shared, call, target, body).await?,
+        Interface::Http => http(shared, call, target, body).await?,
+    };
+    if let Some(c) = &cors {
+        c.decorate(&call.headers, reply.0.headers_mut());
+    }
+    Ok(reply)
+}
+
+/// A CORS preflight, answered without running the function.
+fn preflight(shared: &Pipeline, call: &Call, p: Preflight) -> Result<Reply, Problem> {
+    if let Some(why) = &p.refused {
+        tracing::debug!(?why, "cors preflight refused");
+    }
+    let mut head = super::base_response(p.status, &shared.edge_name, &call.id)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(())
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    head.headers_mut().extend(p.headers);
+    Ok((head, Bytes::new()))
+}
+
+/// An event function's URL: `POST /` runs it with the body as its event.
+async fn event<B: RequestBody>(
+    shared: &Arc<Pipeline>,
+    call: &Call,
+    target: Resolved<'_>,
+    body: &mut B,
+) -> Result<Reply, Problem> {
+    let name = target.function().name.clone();
+    match (&call.method, call.uri.path()) {
+        (&Method::POST, "/") => super::invoke_resolved(shared, call, target, body).await,
+        (&Method::POST, path) => Err(Problem::new(
+            ProblemKind::NotFound,
+            format!("the URL of function {name:?} takes POST / (its event as the body); no resource at {path:?}"),
+        )
+        .function(&name)),
+        (m, _) => Err(Problem::new(
+            ProblemKind::MethodNotAllowed,
+            format!("method {m} is not allowed; function {name:?} takes POST / with its event"),
+        )
+        .function(&name)),
+    }
+}
+
+/// An HTTP function: the request as a function URL event, the result as
+/// the response; cached for `GET`/`HEAD` when the function has a policy.
+async fn http<B: RequestBody>(
+    shared: &Arc<Pipeline>,
+    call: &Call,
+    target: Resolved<'_>,
+    body: &mut B,
+) -> Result<Reply, Problem> {
+    let function = target.function();
+    let name = function.name.clone();
+    let timeout = admit(shared, call, function)?;
+    let payload = read_payload(shared, call, body)
+        .await
+        .map_err(|p| p.function(&name))?;
+    let event = Bytes::from(function_url::event(&url_request(call, &name, &payload)));
+    let deadline = Instant::now() + timeout;
+    if let Some(d) = shared.cx.dispatch.as_deref() {
+        if !run_here(shared, call, &target, d) {
+            // The peer runs the event as a plain invocation and returns
+            // the function's result, which becomes the response here.
+            let (head, raw) = forward(d, call, function, event, deadline).await?;
+            if head.status() != StatusCode::OK {
+                return Ok((head, raw));
+            }
+            let timing = head
+                .headers()
+                .get(crate::headers::SERVER_TIMING)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static(""));
+            let mut r = respond(shared, call, to_reply(function, raw, timing)?, None, 0)?;
+            // The edge that ran it, as for any forwarded answer.
+            if let Some(edge) = head.headers().get(crate::headers::EDGE) {
+                r.0.headers_mut().insert(crate::headers::EDGE, edge.clone());
+            }
+            return Ok(finish(call, r));
+        }
+    }
+    let inv = Invocation {
+        function: name.clone(),
+        payload: event,
+        deadline,
+        request_id: call.id.clone(),
+        trace: call.internal.trace.clone(),
+    };
+    let run = {
+        let shared = shared.clone();
+        let function = Arc::new(function.clone());
+        let started = call.started;
+        move || async move {
+            let raw = execute(shared, inv, function.executor.kind, timeout, started).await?;
+            to_reply(&function, raw.body, raw.timing)
+        }
+    };
+    let cacheable = matches!(call.method, Method::GET | Method::HEAD) && function.cache.is_some();
+    let (result, status, age) = if cacheable {
+        // GET and HEAD share an entry: the key is the path and query.
+        let key = CacheKey::for_request(function, request_target(call).as_bytes(), |h| {
+            call.header(h)
+        });
+        let f = shared
+            .cx
+            .cache
+            .fetch(key, function.cache.as_ref(), run)
+            .await;
+        let age = f.age_secs();
+        (f.result, Some(f.status), age)
+    } else {
+        (run().await, None, 0)
+    };
+    let r = respond(shared, call, result?, status, age)?;
+    Ok(finish(call, r))
+}
+
+/// What the event is made of.
+fn url_request<'a>(call: &'a Call, name: &'a FunctionName, body: &'a [u8]) -> UrlRequest<'a> {
+    let host = call
+        .uri
+        .host()
+        .or_else(|| call.header("host"))
+        .unwrap_or("");
+    let domain_name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    UrlRequest {
+        method: &call.method,
+        uri: &call.uri,
+        headers: &call.headers,
+        body,
+        source_ip: call.remote.map(|a| a.ip()),
+        protocol: match call.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_11 => "HTTP/1.1",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        domain_name,
+        request_id: &call.id,
+        account_id: "anonymous",
+        api_id: name.as_str(),
+        time: SystemTime::now(),
+    }
+}
+
+/// The path and query the cache keys a `GET`/`HEAD` by.
+fn request_target(call: &Call) -> &str {
+    call.uri
+        .path_and_query()
+        .map_or_else(|| call.uri.path(), |p| p.as_str())
+}
+
+/// A function URL result as the response it describes, with what it says
+/// about caching: its own `cache-control`, never stored with `set-cookie`,
+/// a `vary` beyond the policy's, or a status a shared cache would not
+/// reuse.
+fn to_reply(function: &Function, raw: Bytes, timing: HeaderValue) -> Result<CachedReply, Problem> {
+    let r = function_url::response(&raw).map_err(|e| {
+        Problem::new(
+            ProblemKind::FunctionResponse,
+            format!("the result is not a function URL response: {e}"),
+        )
+        .function(&function.name)
+    })?;
+    let mut headers = r.headers;
+    let content_type = headers
+        .remove(header::CONTENT_TYPE)
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+    let directive = directive(function, r.status, &headers);
+    Ok(CachedReply {
+        body: r.body,
+        content_type,
+        timing,
+        directive,
+        http: Some(Arc::new(HttpHead {
+            status: r.status,
+            headers,
+        })),
+    })
+}
+
+/// Statuses a shared cache may reuse without explicit freshness
+/// (RFC 9111 §4.2.2, heuristically cacheable), less the ones fnroute
+/// does not produce from functions.
+const CACHEABLE: [u16; 8] = [200, 203, 204, 300, 301, 404, 410, 501];
+
+fn directive(function: &Function, status: StatusCode, headers: &http::HeaderMap) -> Directive {
+    if !CACHEABLE.contains(&status.as_u16()) || headers.contains_key(header::SET_COOKIE) {
+        return Directive::NoStore;
+    }
+    let allowed: &[String] = function.cache.as_ref().map_or(&[], |c| &c.vary);
+    for v in headers.get_all(header::VARY) {
+        let Ok(v) = v.to_str() else {
+            return Directive::NoStore;
+        };
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" || !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return Directive::NoStore;
+            }
+        }
+    }
+    let values: Vec<&str> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        Directive::Default
+    } else {
+        Directive::parse(&values.join(","))
+    }
+}
+
+/// Conditional requests and `HEAD`: `if-none-match` matching the answer's
+/// `etag` becomes 304 (RFC 9110 §13.1.2, weak comparison); a `HEAD`
+/// answer keeps its headers and drops its body.
+fn finish(call: &Call, (mut head, body): Reply) -> Reply {
+    if head.status() == StatusCode::OK && not_modified(call, &head) {
+        *head.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = head.headers_mut();
+        h.remove(header::CONTENT_TYPE);
+        h.remove(header::CONTENT_LENGTH);
+        return (head, Bytes::new());
+    }
+    if call.method == Method::HEAD {
+        return (head, Bytes::new());
+    }
+    (head, body)
+}
+
+fn not_modified(call: &Call, head: &Response<()>) -> bool {
+    if !matches!(call.method, Method::GET | Method::HEAD) {
+        return false;
+    }
+    let Some(etag) = head
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let etag = weak(etag);
+    call.headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || weak(t) == etag)
+}
