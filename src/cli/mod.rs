@@ -16,6 +16,8 @@ use crate::config::{self, Topology};
 use crate::geo::GeoDb;
 use crate::placement;
 
+mod tcp;
+
 /// sysexits.h EX_USAGE: bad configuration or arguments.
 const EX_USAGE: u8 = 64;
 /// sysexits.h EX_SOFTWARE: a runtime failure.
@@ -63,8 +65,8 @@ pub(crate) enum Command {
         /// Topology file.
         file: PathBuf,
     },
-    /// Invoke a function over HTTP/3 (optionally resolving it through a
-    /// fnroute DNS front door first).
+    /// Invoke a function over HTTP/3, or HTTPS over TCP with --tcp
+    /// (optionally resolving it through a fnroute DNS front door first).
     Invoke(InvokeArgs),
     /// Ask a running edge's admin listener for its view of the fleet.
     Status {
@@ -146,7 +148,17 @@ pub(crate) struct InvokeArgs {
     /// (`fnroute-route-mode: orchestrated`) instead of source routing.
     #[arg(long)]
     pub(crate) orchestrated: bool,
-    /// Print the status and response headers to stderr.
+    /// Send it over HTTPS on TCP (the edge's tcp_listen; HTTP/2, or
+    /// HTTP/1.1 if the server offers only that) instead of HTTP/3. With
+    /// --resolve: the port of the HTTPS record (an edge serving both on one
+    /// port advertises alpn h3,h2).
+    #[arg(long)]
+    pub(crate) tcp: bool,
+    /// Over TCP with HTTP/1.1 only (implies --tcp).
+    #[arg(long = "http1.1")]
+    pub(crate) http1_1: bool,
+    /// Print the protocol used (h3, h2, http/1.1), the status and the
+    /// response headers to stderr.
     #[arg(long, short)]
     pub(crate) verbose: bool,
 }
@@ -769,16 +781,6 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| (EX_USAGE, format!("--edge {:?}: not a HOST:PORT", args.edge)))?,
         };
-        let bind: std::net::SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let client = Client::new(&trust, bind).map_err(|e| (EX_USAGE, e.to_string()))?;
-        let conn = client
-            .connect(addr, &fqdn)
-            .await
-            .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
         let mut req = Request::invoke(&name, bytes::Bytes::from(payload));
         if let Some(t) = &args.event {
             req.path = format!("/event/{t}");
@@ -792,17 +794,39 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
         if let Some(ms) = args.timeout_ms {
             req = req.header(crate::headers::TIMEOUT_HEADER, &ms.to_string());
         }
+        if args.tcp || args.http1_1 {
+            let offer = if args.http1_1 {
+                tcp::Offer::Http1
+            } else {
+                tcp::Offer::Any
+            };
+            let (reply, protocol) = tcp::send(&trust, offer, addr, &fqdn, req, args.timeout_ms)
+                .await
+                .map_err(|e| (e.exit_code(), e.to_string()))?;
+            return Ok((addr, protocol, reply));
+        }
+        let bind: std::net::SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let client = Client::new(&trust, bind).map_err(|e| (EX_USAGE, e.to_string()))?;
+        let conn = client
+            .connect(addr, &fqdn)
+            .await
+            .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
         let reply = conn
             .send(req)
             .await
             .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
         conn.quic().close(0u32.into(), b"done");
         client.close().await;
-        Ok::<_, (u8, String)>((addr, reply))
+        Ok::<_, (u8, String)>((addr, "h3", reply))
     });
     match result {
-        Ok((addr, reply)) => {
+        Ok((addr, protocol, reply)) => {
             if args.verbose {
+                eprintln!("* protocol: {protocol}");
                 eprintln!("< {} from {addr}", reply.status);
                 for (k, v) in &reply.headers {
                     eprintln!("< {k}: {}", v.to_str().unwrap_or("?"));
