@@ -27,6 +27,17 @@
 #                else's sockets keep the kernel defaults (the sysctl window is the ~1 s the echo takes
 #                to bind).
 #        kernel: the old behaviour (fnroute sizes its buffers, the echo keeps the kernel defaults).
+#      EXEC (command | lambda; default command): lambda is the warm-invoke topology of
+#        `EXEC=lambda benches/h3-vs-peers.sh`: TOPO must then be a topology whose function FN is
+#        `kind = "lambda"` (e.g. running examples/lambda_echo; the A/B binaries share the one worker
+#        binary the topology names). lambda_runtime needs a JSON event, so every server (the echo too)
+#        gets the same BODY-byte JSON document {"pad":"xxx…"} ($STATE/body.json) sent by the copy of
+#        h3load that h3-vs-peers.sh patches to read $H3LOAD_BODY_FILE ($PEERS_DIR/tools/h3load-bodyfile;
+#        run `EXEC=lambda benches/h3-vs-peers.sh` once to build it). Before the clock, every binary must
+#        echo the body unchanged through `fnroute invoke` (else the script stops). The worker processes
+#        (children of a server) are counted with their server, not as `other` CPU.
+#      PAIR ("": off; e.g. new/old): also print per round the ratio of the two named binaries' req/s
+#        (paired within the round) and, in the summary, its median, mean, min/max and sorted values.
 #
 # Output (stdout): a header (date, commit, kernel, binaries with sha256, every knob, sysctls, `ss -uampn`
 # lines of the listening sockets), one line per slot (a server's DUR of load) and one per round, the
@@ -50,12 +61,25 @@ PEERS=$PEERS_DIR/bench/quic-peers/peers/target/release/peers
 C=${C:-4} S=${S:-64} DUR=${DUR:-5s} ROUNDS=${ROUNDS:-4} FN=${FN:-bench} BODY=${BODY:-256}
 SRV_CPU=${SRV_CPU:-1} LG_CPU=${LG_CPU:-0} THRESH=${THRESH:-90} UDP_BUF=${UDP_BUF:-equal}
 TOPO=${TOPO:-$ROOT/target/h3-bench/topology.toml}
+EXEC=${EXEC:-command} PAIR=${PAIR:-}
+[[ $EXEC == command || $EXEC == lambda ]] || { echo "EXEC must be command or lambda" >&2; exit 1; }
+[[ -z $PAIR || $PAIR =~ ^[A-Za-z][A-Za-z0-9_]*/[A-Za-z][A-Za-z0-9_]*$ ]] || { echo "PAIR must be name/name" >&2; exit 1; }
+[[ $EXEC == lambda ]] && H3=$PEERS_DIR/tools/h3load-bodyfile/target/release/h3load
 STATE=${STATE:-$ROOT/target/h3-ab}
 ECHO_PORT=4502
 [[ -f $TOPO && -x $H3 && -x $PEERS ]] || { echo "run benches/h3-vs-peers.sh once first (topology, h3load, peers)" >&2; exit 1; }
 (( $# >= 1 )) || { echo "usage: benches/h3-ab.sh name=/path/to/fnroute [name2=/path/to/fnroute2 ...]" >&2; exit 1; }
 [[ $UDP_BUF == equal || $UDP_BUF == kernel ]] || { echo "UDP_BUF must be equal or kernel" >&2; exit 1; }
 mkdir -p "$STATE"
+BODY_FILE=
+if [[ $EXEC == lambda ]]; then
+  grep -Eq '^executor = \{ kind = "lambda"' "$TOPO" || { echo "EXEC=lambda: $TOPO has no kind = \"lambda\" function" >&2; exit 1; }
+  grep -q H3LOAD_BODY_FILE "$PEERS_DIR/tools/h3load-bodyfile/src/main.rs" 2>/dev/null || { echo "EXEC=lambda: $H3 is not the patched h3load (run EXEC=lambda benches/h3-vs-peers.sh once)" >&2; exit 1; }
+  (( BODY >= 12 )) || { echo "BODY must be >= 12 bytes with EXEC=lambda" >&2; exit 1; }
+  BODY_FILE=$STATE/body.json   # a JSON event of exactly BODY bytes: {"pad":"xxx…"}, as h3-vs-peers.sh writes it
+  { printf '{"pad":"'; head -c $((BODY - 10)) /dev/zero | tr '\0' x; printf '"}'; } >"$BODY_FILE"
+  export H3LOAD_BODY_FILE=$BODY_FILE
+fi
 HZ=$(getconf CLK_TCK) NCPU=$(nproc)
 
 # ------------------------------------------------------------------ processes and sysctls, restored on exit
@@ -90,7 +114,14 @@ echo "# echo:     $PEERS h3-echo --listen 127.0.0.1:$ECHO_PORT  sha256 $(sha "$P
 echo "# h3load:   $H3  sha256 $(sha "$H3")"
 echo "# knobs:    ROUNDS=$ROUNDS DUR=$DUR C=$C S=$S ($((C * S)) in flight) BODY=$BODY FN=$FN SRV_CPU=$SRV_CPU LG_CPU=$LG_CPU UDP_BUF=$UDP_BUF THRESH=$THRESH"
 echo "#           TOPO=$TOPO (sha256 $(sha "$TOPO")) STATE=$STATE PEERS_DIR=$PEERS_DIR"
+if [[ $EXEC == lambda ]]; then
+  echo "# topology: $(grep -E '^(quic_listen|capacity|udp_buffer_bytes|cache|executor|name|concurrency|memory_mb|timeout_ms|queue|queue_timeout_ms|keep_warm_ms)' "$TOPO" | tr '\n' ';' | sed 's/;$//')"
+  for w in $(grep -o 'kind = "lambda", command = \["[^"]*"' "$TOPO" | sed 's/.*\["//; s/"$//' | sort -u); do
+    echo "# worker:   $w  sha256 $(sha "$w")"; done
+  echo "# EXEC=lambda: body $BODY_FILE ($(wc -c <"$BODY_FILE") bytes JSON, sha256 $(sha "$BODY_FILE")) for every server, h3load = the H3LOAD_BODY_FILE copy"
+else
 echo "# topology: $(grep -E '^(quic_listen|capacity|udp_buffer_bytes|cache|executor)' "$TOPO" | tr '\n' ';' | sed 's/;$//')"
+fi
 echo "# sysctl:   $(for k in rmem_default wmem_default rmem_max wmem_max; do printf 'net.core.%s=%s ' $k "$(cat /proc/sys/net/core/$k)"; done)"
 [[ -n ${NOTE:-} ]] && echo "# note:     $NOTE"
 echo "# order:    odd rounds: $names; even rounds: the reverse"
@@ -131,6 +162,13 @@ h3() { # name duration -> h3load output (JSON last line)
   taskset -c "$LG_CPU" "$H3" --url "${url[$1]}" --server-name "$FN.fn.test" --method POST --body-size "$BODY" \
     -c "$C" -s "$S" -d "$2" --insecure --json 2>&1
 }
+if [[ $EXEC == lambda ]]; then # every binary must echo the JSON event unchanged (else: 502s, not throughput)
+  for nb in "$@"; do n=${nb%%=*} b=${nb#*=}; p=port_$n
+    got=$("$b" invoke "$FN" --data-file "$BODY_FILE" --edge "127.0.0.1:${!p}" --insecure 2>&1 || true)
+    if [[ $got == "$(cat "$BODY_FILE")" ]]; then echo "# round trip: $n echoed the ${BODY}-byte JSON body unchanged"
+    else echo "round trip MISMATCH for $n: got ${got:0:200}" >&2; exit 1; fi
+  done
+fi
 # warm-up (and the cache's first miss) outside the clock
 for n in $names; do h3 "$n" 2s >/dev/null; done
 
@@ -145,7 +183,15 @@ cpu_ticks() { # -> BUSY STEAL (all CPUs), OURS (servers incl. their children + t
     read -r -a a </proc/$p/stat 2>/dev/null || continue
     OURS=$((OURS + a[13] + a[14] + a[15] + a[16]))          # utime stime cutime cstime (comm has no spaces)
   done
+  if [[ $EXEC == lambda ]]; then   # live worker processes (children of a server), found without forking
+    local f
+    for f in /proc/[0-9]*/stat; do
+      read -r -a a <"$f" 2>/dev/null || continue
+      [[ -n ${is_server[${a[3]}]:-} ]] && OURS=$((OURS + a[13] + a[14] + a[15] + a[16]))
+    done
+  fi
 }
+declare -A is_server; for p in "${pid_of[@]}"; do is_server[$p]=1; done
 RES=$STATE/rounds.tsv
 : >"$RES"
 printf '%-5s %-3s %-8s %9s %8s %-14s %7s %9s %9s %6s %7s %7s\n' round pos server req/s p50_us status lg_cpu% sock_drop host_drop load1 other% steal%
@@ -176,6 +222,8 @@ for r in $(seq "$ROUNDS"); do
   awk -F'\t' -v r="$r" -v order="$order" -v load="$load_r" '$1 == r {rps[$2] = $3; o += $4; if ($4 > om) om = $4; s += $5}
     END {printf "round %s: order %s | load1 %s | other max %d%% of a core, steal sum %d%% |", r, order, load, om, s;
          for (n in rps) if (n != "echo") printf " %s/echo = %.1f%%", n, 100 * rps[n] / rps["echo"]; print ""}' "$RES"
+  [[ -n $PAIR ]] && awk -F'\t' -v r="$r" -v a="${PAIR%/*}" -v b="${PAIR#*/}" '$1 == r {rps[$2] = $3}
+    END {printf "round %s: %s/%s = %.1f%%\n", r, a, b, 100 * rps[a] / rps[b]}' "$RES"
 done
 
 echo "# listening sockets (ss -uampn), at the end:"
@@ -197,4 +245,16 @@ for nb in "$@"; do n=${nb%%=*}
       printf "%s: sorted ratios:%s\n", n, list
     }' "$RES"
 done
+if [[ -n $PAIR ]]; then
+  awk -F'\t' -v a="${PAIR%/*}" -v b="${PAIR#*/}" -v R="$ROUNDS" '
+    $2 == a {x[$1] = $3} $2 == b {y[$1] = $3}
+    END {
+      k = 0; for (r = 1; r <= R; r++) if (y[r] > 0) { q[++k] = 100 * x[r] / y[r]; byr = byr sprintf(" %.1f", q[k]); sx += x[r]; sy += y[r] }
+      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (q[j] < q[i]) { t = q[i]; q[i] = q[j]; q[j] = t }
+      med = (k % 2) ? q[(k + 1) / 2] : (q[k / 2] + q[k / 2 + 1]) / 2
+      for (i = 1; i <= k; i++) { sum += q[i]; list = list sprintf(" %.1f", q[i]) }
+      printf "%s/%s: median round %.1f%% (mean %.1f%%, min %.1f%%, max %.1f%%, ratio of mean rates %.1f%%, %d rounds)\n", a, b, med, sum / k, q[1], q[k], 100 * sx / sy, k
+      printf "%s/%s: per round:%s\n%s/%s: sorted:%s\n", a, b, byr, a, b, list
+    }' "$RES"
+fi
 awk -F'\t' '{o[$2] += $4; d[$2] += $7; h[$2] += $8; c[$2]++} END {for (n in o) printf "# %s: mean other %.0f%% of a core per slot, socket drops %d, host RcvbufErrors %d\n", n, o[n] / c[n], d[n], h[n]}' "$RES"
