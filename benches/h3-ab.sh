@@ -164,7 +164,8 @@ h3() { # name duration -> h3load output (JSON last line)
 }
 if [[ $EXEC == lambda ]]; then # every binary must echo the JSON event unchanged (else: 502s, not throughput)
   for nb in "$@"; do n=${nb%%=*} b=${nb#*=}; p=port_$n
-    got=$("$b" invoke "$FN" --data-file "$BODY_FILE" --edge "127.0.0.1:${!p}" --insecure 2>&1 || true)
+    # from $STATE: `invoke` reads ./edge-config/local.toml if there is one (another build's may not parse)
+    got=$(cd "$STATE" && "$b" invoke "$FN" --data-file "$BODY_FILE" --edge "127.0.0.1:${!p}" --insecure 2>&1 || true)
     if [[ $got == "$(cat "$BODY_FILE")" ]]; then echo "# round trip: $n echoed the ${BODY}-byte JSON body unchanged"
     else echo "round trip MISMATCH for $n: got ${got:0:200}" >&2; exit 1; fi
   done
