@@ -11,15 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::mesh::transport::{Reply, Request, Trust};
+use crate::mesh::transport::{ClientError, Reply, Request, Trust};
 
 /// TCP connect, TLS handshake and HTTP/2 preface, each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,86 +295,14 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// HTTP/3 client builds them (`mesh::transport::Client::new`), TLS 1.3 or
 /// 1.2 (the TCP front door accepts both), ALPN for HTTP over TCP.
 fn client_config(trust: &Trust, offer: Offer) -> Result<rustls::ClientConfig, TcpError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TcpError::Config(e.to_string()))?;
-    let mut tls = match trust {
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth(),
-        Trust::Ca(path) => {
-            let ca_err = |message: String| TcpError::Ca {
-                path: path.clone(),
-                message,
-            };
-            let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
-            for c in certs {
-                roots
-                    .add(c.map_err(|e| ca_err(e.to_string()))?)
-                    .map_err(|e| ca_err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(ca_err("no certificate in the file".into()));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-    };
-    tls.alpn_protocols = match offer {
+    let alpn = match offer {
         Offer::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         Offer::Http1 => vec![b"http/1.1".to_vec()],
     };
-    Ok(tls)
-}
-
-/// `Trust::Insecure`: accepts any chain but verifies handshake signatures
-/// (as the HTTP/3 client's verifier of the same name does).
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    // TLS 1.3 or 1.2: the TCP front door accepts both.
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    crate::mesh::transport::client_tls(trust, &versions, alpn).map_err(|e| match e {
+        ClientError::Ca { path, message } => TcpError::Ca { path, message },
+        other => TcpError::Config(other.to_string()),
+    })
 }

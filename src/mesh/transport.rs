@@ -61,35 +61,7 @@ impl Client {
     /// with TLS session resumption and early data enabled so `connect_0rtt`
     /// can send 0-RTT requests to a server it has met before.
     pub fn new(trust: &Trust, bind: SocketAddr) -> Result<Self, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Tls(Box::new(e)))?;
-        let mut tls = match trust {
-            Trust::Insecure => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-                .with_no_client_auth(),
-            Trust::Ca(path) => {
-                let ca_err = |message: String| ClientError::Ca {
-                    path: path.clone(),
-                    message,
-                };
-                let mut roots = rustls::RootCertStore::empty();
-                let certs =
-                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
-                for c in certs {
-                    roots
-                        .add(c.map_err(|e| ca_err(e.to_string()))?)
-                        .map_err(|e| ca_err(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(ca_err("no certificate in the file".into()));
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-        };
-        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let mut tls = client_tls(trust, &[&rustls::version::TLS13], vec![b"h3".to_vec()])?;
         tls.enable_early_data = true;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Tls(Box::new(e)))?;
@@ -315,6 +287,46 @@ impl Connection {
 pub struct Resolved {
     pub addr: IpAddr,
     pub port: Option<u16>,
+}
+
+/// A rustls client configuration on the one crypto stack (ring): trust in
+/// the CA file, or (`Insecure`) any chain with verified handshake
+/// signatures; the given protocol versions and ALPN. Shared by the HTTP/3
+/// client here and `fnroute invoke --tcp`.
+pub(crate) fn client_tls(
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| ClientError::Tls(Box::new(e)))?;
+    let mut tls = match trust {
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth(),
+        Trust::Ca(path) => {
+            let ca_err = |message: String| ClientError::Ca {
+                path: path.clone(),
+                message,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
+            for c in certs {
+                roots
+                    .add(c.map_err(|e| ca_err(e.to_string()))?)
+                    .map_err(|e| ca_err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_err("no certificate in the file".into()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = alpn;
+    Ok(tls)
 }
 
 /// Asks the DNS server at `server` (UDP) for `fqdn`'s A record and its
