@@ -338,11 +338,7 @@ async fn invoke_resolved<B: RequestBody>(
     body: &mut B,
 ) -> Result<Reply, Problem> {
     let function = target.function();
-    let name = function.name.as_str();
-    let timeout = admit(shared, call, function)?;
-    let payload = read_payload(shared, call, body)
-        .await
-        .map_err(|p| p.function(name))?;
+    let (timeout, payload) = admit_and_read(shared, call, function, body).await?;
     let deadline = Instant::now() + timeout;
     let dispatch = shared.cx.dispatch.as_deref();
     match dispatch {
@@ -429,6 +425,21 @@ fn admit(shared: &Pipeline, call: &Call, f: &Function) -> Result<Duration, Probl
     let timeout = call.timeout(f.timeout).map_err(|p| p.function(name))?;
     check_length(shared, call).map_err(|p| p.function(name))?;
     Ok(timeout)
+}
+
+/// Stages 2 and 3 together: admitted, then the whole body; returns the
+/// invocation timeout and the payload.
+pub(crate) async fn admit_and_read<B: RequestBody>(
+    shared: &Pipeline,
+    call: &Call,
+    function: &Function,
+    body: &mut B,
+) -> Result<(Duration, Bytes), Problem> {
+    let timeout = admit(shared, call, function)?;
+    let payload = read_payload(shared, call, body)
+        .await
+        .map_err(|p| p.function(&function.name))?;
+    Ok((timeout, payload))
 }
 
 /// A declared `content-length` over the payload limit is refused before

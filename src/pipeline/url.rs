@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::cached::{CachedReply, HttpHead};
 use super::function_url::{self, UrlRequest};
 use super::{
-    admit, execute, forward, read_payload, resolve, respond, run_here, Call, Pipeline, Problem,
-    ProblemKind, Reply, RequestBody, Resolved,
+    execute, forward, resolve, respond, run_here, Call, Pipeline, Problem, ProblemKind, Reply,
+    RequestBody, Resolved,
 };
 use crate::cache::{CacheKey, Directive};
 use crate::config::cors::Preflight;
@@ -98,10 +98,7 @@ async fn http<B: RequestBody>(
 ) -> Result<Reply, Problem> {
     let function = target.function();
     let name = function.name.clone();
-    let timeout = admit(shared, call, function)?;
-    let payload = read_payload(shared, call, body)
-        .await
-        .map_err(|p| p.function(&name))?;
+    let (timeout, payload) = super::admit_and_read(shared, call, function, body).await?;
     let event = Bytes::from(function_url::event(&url_request(call, &name, &payload)));
     let deadline = Instant::now() + timeout;
     if let Some(d) = shared.cx.dispatch.as_deref() {
