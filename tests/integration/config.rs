@@ -162,6 +162,26 @@ fn listen_address_clashes() {
         &format!("{HEAD}{wildcard}{ECHO}"),
         &["edge.nyc.admin_listen: listen address 0.0.0.0:9180 clashes with edge.fra.admin_listen"],
     );
+    // tcp_listen may share the QUIC port (UDP and TCP are separate), not
+    // a TCP one.
+    let shared = EDGES.replace(
+        "quic_listen = \"127.0.0.12:4433\"",
+        "quic_listen = \"127.0.0.12:4433\"\ntcp_listen = \"127.0.0.12:4433\"",
+    );
+    let (_dir, _, t) = load(&format!("{HEAD}{shared}{ECHO}"));
+    let t = t.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        t.edges[1].tcp_listen,
+        Some("127.0.0.12:4433".parse().unwrap())
+    );
+    let clash = EDGES.replace(
+        "quic_listen = \"127.0.0.12:4433\"",
+        "quic_listen = \"127.0.0.12:4433\"\ntcp_listen = \"127.0.0.12:9180\"",
+    );
+    check_errors(
+        &format!("{HEAD}{clash}{ECHO}"),
+        &["edge.nyc.tcp_listen: listen address 127.0.0.12:9180 clashes with edge.nyc.admin_listen"],
+    );
 }
 
 #[test]

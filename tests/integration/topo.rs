@@ -85,13 +85,15 @@ impl TopoEdit {
         self
     }
 
-    /// Every listener of every edge on its own address with port `port`
-    /// (0: the kernel picks one when it binds).
+    /// Every listener of every edge on its own address with these ports
+    /// (0: the kernel picks one when it binds); `tcp_listen`, where there
+    /// is one, shares the QUIC port number as the shipped files do.
     pub(crate) fn ports(&mut self, dns: u16, quic: u16, admin: u16) -> &mut Self {
         self.edges(|_, e| {
             for (key, port) in [
                 ("dns_listen", dns),
                 ("quic_listen", quic),
+                ("tcp_listen", quic),
                 ("admin_listen", admin),
             ] {
                 if let Some(Value::String(addr)) = e.get_mut(key) {
