@@ -375,6 +375,28 @@ async fn forwards_to_the_only_host_and_names_it() {
         .await
         .expect("invoke");
     assert_eq!((status, edge.as_str()), (200, "fra"));
+    // Over HTTPS on TCP (curl, HTTP/2) the same: fra forwards over the
+    // QUIC mesh and relays sin's answer.
+    let tcp = fleet.tcp_addrs[0].expect("fra's tcp_listen");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-k",
+            "-D",
+            "-",
+            "--data-binary",
+            r#"{"name":"tcp"}"#,
+        ])
+        .arg("--resolve")
+        .arg(format!("fra.fn.test:{}:{}", tcp.port(), tcp.ip()))
+        .arg(format!("https://fra.fn.test:{}/fn/hello", tcp.port()))
+        .output()
+        .expect("curl runs (.ci/deps-web.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(text.contains("fnroute-edge: sin"), "{text}");
+    assert!(text.contains("tcp"), "{text}");
     fleet.shutdown(Duration::from_secs(2)).await;
 }
 

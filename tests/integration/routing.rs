@@ -94,6 +94,22 @@ async fn document_demo_runs_hop_by_hop_and_returns_along_the_path() {
     let v = json(&r);
     assert_eq!(v["text"], "hello edge");
     assert_eq!(v["stats"]["words"], 2);
+    // The same event over HTTPS on TCP (curl, HTTP/1.1) takes the same path.
+    let tcp = fleet.tcp_addrs[0].expect("fra's tcp_listen");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http1.1", "-k", "-D", "-", "--data-binary", doc])
+        .arg("--resolve")
+        .arg(format!("fra.fn.test:{}:{}", tcp.port(), tcp.ip()))
+        .arg(format!("https://fra.fn.test:{}/event/document", tcp.port()))
+        .output()
+        .expect("curl runs (.ci/deps-web.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("fnroute-path: classify@fra, edit-front-end@fra, edit-validate@fra, edit-apply@fra, log@nyc, process@sin"),
+        "{text}"
+    );
+    assert!(text.contains("hello edge"), "{text}");
     let trail: Vec<&str> = v["trail"]
         .as_array()
         .unwrap()
