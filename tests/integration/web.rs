@@ -859,3 +859,34 @@ async fn bad_http_function_results_are_502() {
     // A bare JSON result is Lambda's default: 200 application/json.
     edge.shutdown().await;
 }
+
+/// `tcp.max_concurrent_streams` and the header list bound are what the
+/// edge announces in its HTTP/2 SETTINGS, as nghttp (nghttp2's client)
+/// reads them off the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_announce_the_limits() {
+    let mut edge = start(Opts {
+        tcp: "max_concurrent_streams = 7",
+        ..Opts::default()
+    })
+    .await;
+    let out = Command::new("nghttp")
+        .args(["-nv", "--no-verify-peer"])
+        .arg(format!("https://127.0.0.1:{}/fn/upper", edge.tcp.port()))
+        .output()
+        .expect("nghttp runs (.ci/deps-web.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let settings = text
+        .split("recv SETTINGS frame")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no SETTINGS from the edge: {text}"));
+    assert!(
+        settings.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"),
+        "{settings}"
+    );
+    assert!(
+        settings.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):16384"),
+        "{settings}"
+    );
+    edge.shutdown().await;
+}
