@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod browser;
 mod cache;
 mod cli;
 mod config;
