@@ -199,6 +199,17 @@ impl CommandPool {
             self.bump(|s| s.kills += 1);
             return Err(ExecError::Timeout(started.elapsed()));
         };
+        self.outcome(out, &tail, status)
+    }
+
+    /// A finished command's result: its output, unless it was too large or
+    /// the command failed (then its stderr's tail is the message).
+    fn outcome(
+        &self,
+        out: Vec<u8>,
+        tail: &Tail,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) -> Result<(Bytes, Option<String>), ExecError> {
         let status =
             status.map_err(|e| ExecError::Internal(format!("waiting for {}: {e}", self.name)))?;
         if out.len() > MAX_RESULT_BYTES {

@@ -449,35 +449,7 @@ impl LambdaPool {
         server: JoinHandle<()>,
         wake: Arc<Notify>,
     ) {
-        let exit = loop {
-            let (deadline, idle_at) = {
-                let st = self.lock();
-                let Some(slot) = st.slots.get(&id) else {
-                    break Exit::Stopped;
-                };
-                (
-                    slot.current.as_ref().map(|r| r.data.deadline),
-                    (slot.phase == Phase::Idle).then(|| slot.idle_since + self.keep_warm),
-                )
-            };
-            let far = Instant::now() + Duration::from_secs(86_400);
-            let notified = wake.notified();
-            tokio::select! {
-                status = proc.child.wait() => break Exit::Died(status.ok()),
-                () = self.stop.cancelled() => break Exit::Stopped,
-                () = notified => {}
-                () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
-                    if self.past_deadline(id, Instant::now()) {
-                        break Exit::Deadline;
-                    }
-                }
-                () = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
-                    if self.try_retire(id, Instant::now()) {
-                        break Exit::Retired;
-                    }
-                }
-            }
-        };
+        let exit = self.watch(id, &mut proc, &wake).await;
         server.abort();
         let status = match exit {
             Exit::Died(status) => {
@@ -488,36 +460,107 @@ impl LambdaPool {
         };
         let now = Instant::now();
         let status = status.map_or_else(|| "unknown status".to_string(), |s| s.to_string());
-        let (running, failed_init, spawns, backoff) = {
-            let mut st = self.lock();
-            let slot = st.slots.remove(&id);
-            st.idle.retain(|w| w.worker != id);
-            let never_ready = slot
-                .as_ref()
-                .is_some_and(|s| s.ready.is_none() && !s.init_failed);
-            let running = slot.and_then(|s| s.current);
-            let mut failed_init = None;
-            let mut backoff = None;
-            match exit {
-                Exit::Died(_) => {
-                    st.stats.crashes += 1;
-                    st.consecutive_crashes = st.consecutive_crashes.saturating_add(1);
-                    if never_ready {
-                        // The invocation that waited for this worker learns why.
-                        failed_init = take_queued(&mut st.queue);
-                    }
-                    let delay = policy::crash_backoff(st.consecutive_crashes);
-                    if !delay.is_zero() {
-                        st.backoff_until = Some(now + delay);
-                        backoff = Some(delay);
+        let settled = self.settle(id, exit, now);
+        self.log_exit(id, exit, &status);
+        if let Some(r) = settled.running {
+            let error = match exit {
+                Exit::Died(_) => ExecError::Crashed(format!(
+                    "worker of {} exited ({status}) during request {}",
+                    self.name, r.data.request_id
+                )),
+                Exit::Deadline => ExecError::Timeout(now.saturating_duration_since(r.enqueued)),
+                Exit::Retired | Exit::Stopped => ExecError::ShuttingDown,
+            };
+            self.finish(r, Err(error), now);
+        }
+        if let Some(job) = settled.failed_init {
+            let _ = job.reply.send(Outcome::unrun(ExecError::Crashed(format!(
+                "worker of {} exited ({status}) before asking for work",
+                self.name
+            ))));
+        }
+        for _ in 0..settled.spawns {
+            self.spawn_worker();
+        }
+        if let Some(delay) = settled.backoff {
+            self.respawn_after(delay);
+        }
+    }
+
+    /// Waits until worker `id` must go: it died, passed its job's
+    /// deadline, idled past `keep_warm`, or the pool stops.
+    async fn watch(&self, id: u64, proc: &mut Group, wake: &Notify) -> Exit {
+        loop {
+            let (deadline, idle_at) = {
+                let st = self.lock();
+                let Some(slot) = st.slots.get(&id) else {
+                    return Exit::Stopped;
+                };
+                (
+                    slot.current.as_ref().map(|r| r.data.deadline),
+                    (slot.phase == Phase::Idle).then(|| slot.idle_since + self.keep_warm),
+                )
+            };
+            let far = Instant::now() + Duration::from_secs(86_400);
+            let notified = wake.notified();
+            tokio::select! {
+                status = proc.child.wait() => return Exit::Died(status.ok()),
+                () = self.stop.cancelled() => return Exit::Stopped,
+                () = notified => {}
+                () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    if self.past_deadline(id, Instant::now()) {
+                        return Exit::Deadline;
                     }
                 }
-                Exit::Deadline => st.stats.kills += 1,
-                Exit::Retired | Exit::Stopped => {}
+                () = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
+                    if self.try_retire(id, Instant::now()) {
+                        return Exit::Retired;
+                    }
+                }
             }
-            let spawns = self.plan_spawns(&mut st, now);
-            (running, failed_init, spawns, backoff)
-        };
+        }
+    }
+
+    /// The pool's state after worker `id` went: its slot removed, crash
+    /// counts and backoff, the job it was running, the invocation that
+    /// waited for a worker that never became ready, and what to start.
+    fn settle(&self, id: u64, exit: Exit, now: Instant) -> Settled {
+        let mut st = self.lock();
+        let slot = st.slots.remove(&id);
+        st.idle.retain(|w| w.worker != id);
+        let never_ready = slot
+            .as_ref()
+            .is_some_and(|s| s.ready.is_none() && !s.init_failed);
+        let running = slot.and_then(|s| s.current);
+        let mut failed_init = None;
+        let mut backoff = None;
+        match exit {
+            Exit::Died(_) => {
+                st.stats.crashes += 1;
+                st.consecutive_crashes = st.consecutive_crashes.saturating_add(1);
+                if never_ready {
+                    // The invocation that waited for this worker learns why.
+                    failed_init = take_queued(&mut st.queue);
+                }
+                let delay = policy::crash_backoff(st.consecutive_crashes);
+                if !delay.is_zero() {
+                    st.backoff_until = Some(now + delay);
+                    backoff = Some(delay);
+                }
+            }
+            Exit::Deadline => st.stats.kills += 1,
+            Exit::Retired | Exit::Stopped => {}
+        }
+        let spawns = self.plan_spawns(&mut st, now);
+        Settled {
+            running,
+            failed_init,
+            spawns,
+            backoff,
+        }
+    }
+
+    fn log_exit(&self, id: u64, exit: Exit, status: &str) {
         match exit {
             Exit::Died(_) => {
                 tracing::warn!(function = %self.name, worker = id, %status, "worker exited")
@@ -530,43 +573,25 @@ impl LambdaPool {
             }
             Exit::Stopped => tracing::debug!(function = %self.name, worker = id, "worker stopped"),
         }
-        if let Some(r) = running {
-            let error = match exit {
-                Exit::Died(_) => ExecError::Crashed(format!(
-                    "worker of {} exited ({status}) during request {}",
-                    self.name, r.data.request_id
-                )),
-                Exit::Deadline => ExecError::Timeout(now.saturating_duration_since(r.enqueued)),
-                Exit::Retired | Exit::Stopped => ExecError::ShuttingDown,
+    }
+
+    /// Starts the workers the pool needs once a crash backoff is over.
+    fn respawn_after(self: &Arc<Self>, delay: Duration) {
+        let pool = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = pool.stop.cancelled() => return,
+            }
+            let n = {
+                let mut st = pool.lock();
+                st.backoff_until = None;
+                pool.plan_spawns(&mut st, Instant::now())
             };
-            self.finish(r, Err(error), now);
-        }
-        if let Some(job) = failed_init {
-            let _ = job.reply.send(Outcome::unrun(ExecError::Crashed(format!(
-                "worker of {} exited ({status}) before asking for work",
-                self.name
-            ))));
-        }
-        for _ in 0..spawns {
-            self.spawn_worker();
-        }
-        if let Some(delay) = backoff {
-            let pool = self.clone();
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = pool.stop.cancelled() => return,
-                }
-                let n = {
-                    let mut st = pool.lock();
-                    st.backoff_until = None;
-                    pool.plan_spawns(&mut st, Instant::now())
-                };
-                for _ in 0..n {
-                    pool.spawn_worker();
-                }
-            });
-        }
+            for _ in 0..n {
+                pool.spawn_worker();
+            }
+        });
     }
 
     /// Meters a finished invocation and answers its caller (who may have
@@ -830,6 +855,18 @@ impl Outcome {
 struct Reply {
     body: Bytes,
     content_type: Option<String>,
+}
+
+/// What became of a pool when one of its workers went.
+struct Settled {
+    /// The job the worker was running.
+    running: Option<Running>,
+    /// The invocation that waited for a worker that never became ready.
+    failed_init: Option<Job>,
+    /// Workers to start now.
+    spawns: usize,
+    /// A crash backoff, after which workers are started again.
+    backoff: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]

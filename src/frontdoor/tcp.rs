@@ -176,18 +176,8 @@ async fn connection(
 ) {
     let span = tracing::debug_span!("tcp_conn", %remote);
     async move {
-        let _ = stream.set_nodelay(true);
-        let handshake = shared.acceptor.accept(stream);
-        let tls = match tokio::time::timeout(shared.settings.header_read_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "tls handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("tls handshake not completed in time");
-                return;
-            }
+        let Some(tls) = handshake(&shared, stream).await else {
+            return;
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let svc = {
@@ -228,6 +218,26 @@ async fn connection(
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake, within the header read timeout.
+async fn handshake(
+    shared: &Shared,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    let accept = shared.acceptor.accept(stream);
+    match tokio::time::timeout(shared.settings.header_read_timeout, accept).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("tls handshake not completed in time");
+            None
+        }
+    }
 }
 
 /// Runs a connection until it ends; when the door drains, asks it to

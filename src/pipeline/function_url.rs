@@ -470,59 +470,9 @@ pub(crate) fn response(result: &[u8]) -> Result<UrlResponse, UrlResponseError> {
         return Ok(inferred(result));
     };
     let status = status_code(status)?;
-
-    let mut headers = HeaderMap::new();
-    match obj.get("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (name, value) in map {
-                let text = match value {
-                    Value::String(s) => Cow::Borrowed(s.as_str()),
-                    Value::Number(n) => Cow::Owned(n.to_string()),
-                    Value::Bool(b) => Cow::Owned(b.to_string()),
-                    Value::Null => continue,
-                    _ => return Err(UrlResponseError::HeaderType(name.clone())),
-                };
-                let header_name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| UrlResponseError::HeaderName(name.clone()))?;
-                if DROPPED_RESPONSE_HEADERS.contains(&header_name.as_str()) {
-                    continue;
-                }
-                let header_value = HeaderValue::from_str(&text)
-                    .map_err(|_| UrlResponseError::HeaderValue(name.clone()))?;
-                headers.append(header_name, header_value);
-            }
-        }
-        Some(_) => return Err(UrlResponseError::Headers),
-    }
-    match obj.get("cookies") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(cookies)) => {
-            for (i, cookie) in cookies.iter().enumerate() {
-                let Value::String(cookie) = cookie else {
-                    return Err(UrlResponseError::Cookies);
-                };
-                let value =
-                    HeaderValue::from_str(cookie).map_err(|_| UrlResponseError::CookieValue(i))?;
-                headers.append(header::SET_COOKIE, value);
-            }
-        }
-        Some(_) => return Err(UrlResponseError::Cookies),
-    }
-    let base64 = match obj.get("isBase64Encoded") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(UrlResponseError::Base64Flag),
-    };
-    let body = match obj.get("body") {
-        None | Some(Value::Null) => Bytes::new(),
-        Some(Value::String(s)) if base64 => BASE64_LENIENT
-            .decode(s.as_bytes())
-            .map(Bytes::from)
-            .map_err(|e| UrlResponseError::Base64(e.to_string()))?,
-        Some(Value::String(s)) => Bytes::copy_from_slice(s.as_bytes()),
-        Some(_) => return Err(UrlResponseError::Body),
-    };
+    let mut headers = response_headers(obj.get("headers"))?;
+    response_cookies(obj.get("cookies"), &mut headers)?;
+    let body = response_body(obj.get("body"), obj.get("isBase64Encoded"))?;
     if !headers.contains_key(header::CONTENT_TYPE) {
         headers.insert(
             header::CONTENT_TYPE,
@@ -534,6 +484,73 @@ pub(crate) fn response(result: &[u8]) -> Result<UrlResponse, UrlResponseError> {
         headers,
         body,
     })
+}
+
+/// The result's `headers` object (strings, numbers or booleans), less
+/// [`DROPPED_RESPONSE_HEADERS`].
+fn response_headers(headers: Option<&Value>) -> Result<HeaderMap, UrlResponseError> {
+    let mut out = HeaderMap::new();
+    let map = match headers {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(UrlResponseError::Headers),
+    };
+    for (name, value) in map {
+        let text = match value {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Owned(b.to_string()),
+            Value::Null => continue,
+            _ => return Err(UrlResponseError::HeaderType(name.clone())),
+        };
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| UrlResponseError::HeaderName(name.clone()))?;
+        if DROPPED_RESPONSE_HEADERS.contains(&header_name.as_str()) {
+            continue;
+        }
+        let header_value = HeaderValue::from_str(&text)
+            .map_err(|_| UrlResponseError::HeaderValue(name.clone()))?;
+        out.append(header_name, header_value);
+    }
+    Ok(out)
+}
+
+/// The result's `cookies`, one `set-cookie` each.
+fn response_cookies(
+    cookies: Option<&Value>,
+    headers: &mut HeaderMap,
+) -> Result<(), UrlResponseError> {
+    let cookies = match cookies {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(cookies)) => cookies,
+        Some(_) => return Err(UrlResponseError::Cookies),
+    };
+    for (i, cookie) in cookies.iter().enumerate() {
+        let Value::String(cookie) = cookie else {
+            return Err(UrlResponseError::Cookies);
+        };
+        let value = HeaderValue::from_str(cookie).map_err(|_| UrlResponseError::CookieValue(i))?;
+        headers.append(header::SET_COOKIE, value);
+    }
+    Ok(())
+}
+
+/// The result's `body`, base64-decoded when `isBase64Encoded` says so.
+fn response_body(body: Option<&Value>, base64: Option<&Value>) -> Result<Bytes, UrlResponseError> {
+    let base64 = match base64 {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(UrlResponseError::Base64Flag),
+    };
+    match body {
+        None | Some(Value::Null) => Ok(Bytes::new()),
+        Some(Value::String(s)) if base64 => BASE64_LENIENT
+            .decode(s.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| UrlResponseError::Base64(e.to_string())),
+        Some(Value::String(s)) => Ok(Bytes::copy_from_slice(s.as_bytes())),
+        Some(_) => Err(UrlResponseError::Body),
+    }
 }
 
 /// The response Lambda infers for valid JSON without a `statusCode`.

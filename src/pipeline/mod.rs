@@ -126,6 +126,68 @@ pub(crate) struct Internal {
     pub(crate) progress: Option<String>,
 }
 
+impl Target {
+    /// What a request head asks for: a function URL by its host (not
+    /// from peers, which use the API paths whatever name they connected
+    /// with), else the method and path.
+    fn of(parts: &http::request::Parts, from_peer: bool, topology: &Topology) -> Self {
+        let path = parts.uri.path();
+        // An HTTP function's URL is all its own; an event function's
+        // leaves the API paths to the API.
+        let url = (!from_peer)
+            .then(|| url_function(topology, parts))
+            .flatten()
+            .filter(|f| f.interface == Interface::Http || !limits::is_api_path(path));
+        if path == "/health" {
+            return Target::Health;
+        }
+        if let Some(f) = url {
+            return Target::Url(f.name.clone());
+        }
+        match limits::route(&parts.method, path) {
+            Route::Invoke(n) => Target::Invoke(match topology.function(n) {
+                Some(f) => f.name.clone(),
+                None => FunctionName::new(n),
+            }),
+            Route::Event(t) => Target::Event(t.to_ascii_lowercase()),
+            Route::Stack => Target::Stack,
+            Route::MethodNotAllowed => Target::MethodNotAllowed,
+            Route::NotFound => Target::NotFound,
+        }
+    }
+}
+
+impl Internal {
+    /// The internal headers and the request id: a peer's (when valid), or
+    /// none and a new id for anyone else.
+    fn of(headers: &HeaderMap, from_peer: bool) -> (Self, String) {
+        let text = |h: &str| {
+            from_peer
+                .then(|| headers.get(h))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+        };
+        let number = |h: &str| text(h).and_then(|v| v.trim().parse::<u64>().ok());
+        let internal = Internal {
+            hops: number(crate::headers::HOP_HEADER)
+                .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
+                .unwrap_or(0),
+            deadline_ms: number(crate::headers::DEADLINE_HEADER),
+            trace: text(crate::headers::TRACE_HEADER).map(str::to_string),
+            progress: text(crate::headers::PROGRESS_HEADER).map(str::to_string),
+        };
+        let id = text(crate::headers::REQUEST_ID_HEADER)
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+            .map(str::to_string)
+            .unwrap_or_else(request_id);
+        (internal, id)
+    }
+}
+
 /// One request, parsed once from whatever transport carried it.
 #[derive(Debug)]
 pub(crate) struct Call {
@@ -167,53 +229,8 @@ impl Call {
         topology: Arc<Topology>,
     ) -> Self {
         let (parts, ()) = req.into_parts();
-        let path = parts.uri.path();
-        let url = match peer {
-            None => url_function(&topology, &parts),
-            // Peers use the API paths whatever name they connected with.
-            Some(_) => None,
-        };
-        // An HTTP function's URL is all its own; an event function's
-        // leaves the API paths to the API.
-        let url = url.filter(|f| f.interface == Interface::Http || !limits::is_api_path(path));
-        let target = if path == "/health" {
-            Target::Health
-        } else if let Some(f) = url {
-            Target::Url(f.name.clone())
-        } else {
-            match limits::route(&parts.method, path) {
-                Route::Invoke(n) => Target::Invoke(match topology.function(n) {
-                    Some(f) => f.name.clone(),
-                    None => FunctionName::new(n),
-                }),
-                Route::Event(t) => Target::Event(t.to_ascii_lowercase()),
-                Route::Stack => Target::Stack,
-                Route::MethodNotAllowed => Target::MethodNotAllowed,
-                Route::NotFound => Target::NotFound,
-            }
-        };
-        let internal_str = |h: &str| {
-            peer.as_ref()
-                .and_then(|_| parts.headers.get(h))
-                .and_then(|v| v.to_str().ok())
-        };
-        let number = |h: &str| internal_str(h).and_then(|v| v.trim().parse::<u64>().ok());
-        let internal = Internal {
-            hops: number(crate::headers::HOP_HEADER)
-                .map(|h| u32::try_from(h).unwrap_or(u32::MAX))
-                .unwrap_or(0),
-            deadline_ms: number(crate::headers::DEADLINE_HEADER),
-            trace: internal_str(crate::headers::TRACE_HEADER).map(str::to_string),
-            progress: internal_str(crate::headers::PROGRESS_HEADER).map(str::to_string),
-        };
-        let id = internal_str(crate::headers::REQUEST_ID_HEADER)
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
-            .map(str::to_string)
-            .unwrap_or_else(request_id);
+        let target = Target::of(&parts, peer.is_some(), &topology);
+        let (internal, id) = Internal::of(&parts.headers, peer.is_some());
         Self {
             target,
             method: parts.method,

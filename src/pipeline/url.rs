@@ -97,64 +97,104 @@ async fn http<B: RequestBody>(
     body: &mut B,
 ) -> Result<Reply, Problem> {
     let function = target.function();
-    let name = function.name.clone();
     let (timeout, payload) = super::admit_and_read(shared, call, function, body).await?;
-    let event = Bytes::from(function_url::event(&url_request(call, &name, &payload)));
+    let event = Bytes::from(function_url::event(&url_request(
+        call,
+        &function.name,
+        &payload,
+    )));
     let deadline = Instant::now() + timeout;
-    if let Some(d) = shared.cx.dispatch.as_deref() {
-        if !run_here(shared, call, &target, d) {
-            // The peer runs the event as a plain invocation and returns
-            // the function's result, which becomes the response here.
-            let (head, raw) = forward(d, call, function, event, deadline).await?;
-            if head.status() != StatusCode::OK {
-                return Ok((head, raw));
-            }
-            let timing = head
-                .headers()
-                .get(crate::headers::SERVER_TIMING)
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static(""));
-            let mut r = respond(shared, call, to_reply(function, raw, timing)?, None, 0)?;
-            // The edge that ran it, as for any forwarded answer.
-            if let Some(edge) = head.headers().get(crate::headers::EDGE) {
-                r.0.headers_mut().insert(crate::headers::EDGE, edge.clone());
-            }
-            return Ok(finish(call, r));
-        }
+    let dispatch = shared.cx.dispatch.as_deref();
+    let local = match &target {
+        Resolved::Here(f) => dispatch
+            .is_none_or(|d| run_here(shared, call, &target, d))
+            .then(|| f.clone()),
+        Resolved::Elsewhere(_) => None,
+    };
+    match (local, dispatch) {
+        (Some(f), _) => run_local(shared, call, f, event, deadline, timeout).await,
+        (None, Some(d)) => forwarded(shared, call, d, function, event, deadline).await,
+        // `resolve` lets a function hosted elsewhere through only with a mesh.
+        (None, None) => Err(Problem::new(
+            ProblemKind::Internal,
+            "no mesh to forward over",
+        )),
     }
+}
+
+/// Runs an HTTP function here: through the cache for `GET`/`HEAD` (they
+/// share an entry, keyed by path and query) when it has a policy.
+async fn run_local(
+    shared: &Arc<Pipeline>,
+    call: &Call,
+    function: Arc<Function>,
+    event: Bytes,
+    deadline: Instant,
+    timeout: std::time::Duration,
+) -> Result<Reply, Problem> {
     let inv = Invocation {
-        function: name.clone(),
+        function: function.name.clone(),
         payload: event,
         deadline,
         request_id: call.id.clone(),
         trace: call.internal.trace.clone(),
     };
+    let cacheable = matches!(call.method, Method::GET | Method::HEAD) && function.cache.is_some();
+    let key = cacheable.then(|| {
+        CacheKey::for_request(&function, request_target(call).as_bytes(), |h| {
+            call.header(h)
+        })
+    });
     let run = {
         let shared = shared.clone();
-        let function = Arc::new(function.clone());
+        let function = function.clone();
         let started = call.started;
         move || async move {
             let raw = execute(shared, inv, function.executor.kind, timeout, started).await?;
             to_reply(&function, raw.body, raw.timing)
         }
     };
-    let cacheable = matches!(call.method, Method::GET | Method::HEAD) && function.cache.is_some();
-    let (result, status, age) = if cacheable {
-        // GET and HEAD share an entry: the key is the path and query.
-        let key = CacheKey::for_request(function, request_target(call).as_bytes(), |h| {
-            call.header(h)
-        });
-        let f = shared
-            .cx
-            .cache
-            .fetch(key, function.cache.as_ref(), run)
-            .await;
-        let age = f.age_secs();
-        (f.result, Some(f.status), age)
-    } else {
-        (run().await, None, 0)
+    let (result, status, age) = match key {
+        Some(key) => {
+            let f = shared
+                .cx
+                .cache
+                .fetch(key, function.cache.as_ref(), run)
+                .await;
+            let age = f.age_secs();
+            (f.result, Some(f.status), age)
+        }
+        None => (run().await, None, 0),
     };
     let r = respond(shared, call, result?, status, age)?;
+    Ok(finish(call, r))
+}
+
+/// Runs an HTTP function on a peer: the peer runs the event as a plain
+/// invocation and returns the function's result, which becomes the
+/// response here (a peer's problem is relayed as it is).
+async fn forwarded(
+    shared: &Pipeline,
+    call: &Call,
+    d: &crate::dispatch::Dispatcher,
+    function: &Function,
+    event: Bytes,
+    deadline: Instant,
+) -> Result<Reply, Problem> {
+    let (head, raw) = forward(d, call, function, event, deadline).await?;
+    if head.status() != StatusCode::OK {
+        return Ok((head, raw));
+    }
+    let timing = head
+        .headers()
+        .get(crate::headers::SERVER_TIMING)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    let mut r = respond(shared, call, to_reply(function, raw, timing)?, None, 0)?;
+    // The edge that ran it, as for any forwarded answer.
+    if let Some(edge) = head.headers().get(crate::headers::EDGE) {
+        r.0.headers_mut().insert(crate::headers::EDGE, edge.clone());
+    }
     Ok(finish(call, r))
 }
 
