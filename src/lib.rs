@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub(crate) mod control;
 pub(crate) mod dispatch;
 pub mod dns;
 pub mod exec;

@@ -69,6 +69,8 @@ pub const METERING_BILLED_MS: &str = "fnroute_metering_billed_milliseconds_total
 pub const METERING_MB_MS: &str = "fnroute_metering_memory_mb_milliseconds_total";
 pub(crate) const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_total";
 pub(crate) const TCP_REFUSED: &str = "fnroute_tcp_connections_refused_total";
+pub(crate) const CONTROL_REVISION: &str = "fnroute_control_revision";
+pub(crate) const CONTROL_REFUSED: &str = "fnroute_control_revisions_refused_total";
 
 /// Upper bounds (seconds) of the invocation latency buckets: 1 ms to 30 s.
 pub(crate) const INVOCATION_BUCKETS: &[f64] = &[
@@ -190,6 +192,18 @@ pub(crate) fn billed_ms(duration: Duration) -> u64 {
     let nanos = duration.as_nanos();
     let ms = nanos.div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+// ---- control plane -----------------------------------------------------------
+
+/// The control-plane revision `edge` serves.
+pub(crate) fn control_revision(edge: &str, revision: u64) {
+    ::metrics::gauge!(CONTROL_REVISION, "edge" => name(edge)).set(revision as f64);
+}
+
+/// A revision `edge` refused (bad signature or artifact, invalid topology).
+pub(crate) fn control_refused(edge: &str) {
+    ::metrics::counter!(CONTROL_REFUSED, "edge" => name(edge)).increment(1);
 }
 
 // ---- HTTPS over TCP ---------------------------------------------------------
@@ -445,6 +459,14 @@ pub(crate) fn edge_state(edge: &str, generation: u64, draining: bool) {
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(DNS_QUERIES, "DNS queries answered, by qtype and rcode");
+    describe_gauge!(
+        CONTROL_REVISION,
+        "The control-plane topology revision the edge serves"
+    );
+    describe_counter!(
+        CONTROL_REFUSED,
+        "Control-plane revisions the edge refused (signature, artifact hash, validation)"
+    );
     describe_counter!(
         TCP_REFUSED,
         "HTTPS-over-TCP connections closed on accept: tcp.max_connections were open"

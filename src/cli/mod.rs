@@ -16,6 +16,7 @@ use crate::config::{self, Topology};
 use crate::geo::GeoDb;
 use crate::placement;
 
+mod control;
 mod tcp;
 
 /// sysexits.h EX_USAGE: bad configuration or arguments.
@@ -59,6 +60,25 @@ pub(crate) enum Command {
         /// How long in-flight work may take to finish on shutdown.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         grace: Duration,
+        #[command(flatten)]
+        control: control::ServeControl,
+    },
+    /// Deploy a topology through the control plane: validated, its
+    /// artifacts uploaded, signed, written as the next revision.
+    Deploy {
+        #[command(flatten)]
+        conn: control::Conn,
+        /// The topology file.
+        #[arg(long)]
+        topology: PathBuf,
+        /// Private key to sign the revision with (`fnroute control keygen`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// The control plane: status, rollback, keys.
+    Control {
+        #[command(subcommand)]
+        command: control::ControlCommand,
     },
     /// Validate a topology and print a summary.
     Check {
@@ -219,7 +239,17 @@ pub fn main() -> ExitCode {
             node,
             all,
             grace,
-        } => serve(config, node, all, grace),
+            control: c,
+        } => match c.opts() {
+            Some(opts) => control::serve(opts, &c, node, grace),
+            None => serve(config, node, all, grace),
+        },
+        Command::Deploy {
+            conn,
+            topology,
+            key,
+        } => control::deploy(&conn, &topology, key.as_deref()),
+        Command::Control { command } => control::command(command),
         Command::Cert {
             command: CertCommand::Dev { config, out },
         } => cert_dev(&config, out),

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use model::*;
 pub use routes::static_cycle;
-pub(crate) use validate::is_dns_label;
+pub(crate) use validate::{base_dir, is_dns_label};
 pub(crate) use version::function_version;
 
 /// The embedded default topology, relative to the crate root.

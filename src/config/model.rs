@@ -305,6 +305,9 @@ pub struct Function {
     pub interface: Interface,
     /// CORS of its function URL: preflights answered at the edge.
     pub(crate) cors: Option<std::sync::Arc<super::cors::CorsPolicy>>,
+    /// `bundle`: the folder shipped with the function (also its working
+    /// directory, `executor.workdir`).
+    pub bundle: Option<PathBuf>,
     /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.
@@ -326,7 +329,8 @@ pub struct Executor {
     pub command: Vec<String>,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) handler: Option<String>,
-    /// Working directory of the process: the topology file's folder.
+    /// Working directory of the process: the function's `bundle`, else
+    /// the topology file's folder.
     pub(crate) workdir: PathBuf,
 }
 

@@ -204,6 +204,9 @@ pub(crate) struct RawFunction {
     pub(crate) interface: Option<Spanned<String>>,
     /// CORS of its function URL.
     pub(crate) cors: Option<Spanned<super::cors::CorsPolicy>>,
+    /// A folder (relative to the file) that is the function's working
+    /// directory and travels with it through the control plane.
+    pub(crate) bundle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,7 +61,7 @@ impl Ctx<'_> {
     }
 }
 
-fn base_dir(file: &Path) -> PathBuf {
+pub(crate) fn base_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -987,7 +987,8 @@ fn check_functions(
                 ids
             }
         };
-        let executor = check_executor(cx, &f.executor, &key);
+        let bundle = check_bundle(cx, f, &key);
+        let executor = check_executor(cx, &f.executor, &key, bundle.as_deref());
         let memory_mb = f
             .memory_mb
             .as_ref()
@@ -1081,6 +1082,7 @@ fn check_functions(
             gatekeeper: f.gatekeeper,
             interface: check_interface(cx, f, &key),
             cors: check_cors(cx, f, &key),
+            bundle,
             cache_version: 0,
         };
         function.cache_version = super::function_version(&function);
@@ -1138,7 +1140,29 @@ fn check_cors(
     Some(std::sync::Arc::new(c.get_ref().clone()))
 }
 
-fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Executor {
+/// `bundle`: an existing folder (relative to the file), made absolute.
+fn check_bundle(cx: &mut Ctx<'_>, f: &RawFunction, key: &str) -> Option<PathBuf> {
+    let b = f.bundle.as_ref()?;
+    let dir = absolute(&base_dir(cx.file).join(b.get_ref()));
+    if !dir.is_dir() {
+        cx.err(
+            Some(b.span()),
+            format!("{key}.bundle"),
+            format!("bundle {} is not a folder", dir.display()),
+            Some(
+                "give the folder holding the function's code, relative to the topology file".into(),
+            ),
+        );
+    }
+    Some(dir)
+}
+
+fn check_executor(
+    cx: &mut Ctx<'_>,
+    e: &Spanned<RawExecutor>,
+    key: &str,
+    bundle: Option<&Path>,
+) -> Executor {
     let r = e.get_ref();
     let kind = match r.kind.get_ref().as_str() {
         "lambda" => ExecutorKind::Lambda,
@@ -1155,7 +1179,7 @@ fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Exec
     };
     // Absolute (workers run with it as their current directory, so a
     // relative program path must not depend on it) but not canonical.
-    let workdir = absolute(&base_dir(cx.file));
+    let workdir = bundle.map_or_else(|| absolute(&base_dir(cx.file)), Path::to_path_buf);
     let mut command = r.command.get_ref().clone();
     match command.first() {
         None => cx.err(
@@ -1171,7 +1195,7 @@ fn check_executor(cx: &mut Ctx<'_>, e: &Spanned<RawExecutor>, key: &str) -> Exec
                 format!("{key}.executor.command"),
                 format!("program {prog:?} cannot be found"),
                 Some(if prog.contains('/') {
-                    "check the path (relative paths are relative to the topology file) and that it is executable".to_string()
+                    "check the path (relative paths are relative to the bundle, or else to the topology file) and that it is executable".to_string()
                 } else {
                     "install it or give its full path; it is not on PATH".to_string()
                 }),

@@ -34,6 +34,8 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         interface,
         // Decided at the edge; the function's results do not depend on it.
         cors: _,
+        // Its path is `executor.workdir`; its contents are not hashed here.
+        bundle: _,
         // The digest itself (what this computes).
         cache_version: _,
     } = f;

@@ -8,6 +8,7 @@ mod cache;
 mod cli;
 mod config;
 mod container;
+mod control;
 mod dns;
 mod edgecache;
 mod exec;
