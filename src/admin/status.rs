@@ -26,6 +26,11 @@ pub struct Status {
     pub edges: Vec<EdgeStatus>,
     /// Every function of the topology, in topology order.
     pub functions: Vec<FunctionStatus>,
+    /// With `--control`: the revision this edge serves, since when, and
+    /// the newest one it refused and why (`<state_dir>/control/applied.json`,
+    /// which the control-plane agent keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +152,13 @@ pub trait PoolStats: Send + Sync {
 /// view, the pools and `rtt`, the last measured round trip to each edge
 /// indexed by `EdgeId` (empty without a mesh; `edge`'s own slot is
 /// ignored).
+/// The control-plane agent's report for this edge, if it runs under one.
+fn control_report(topology: &Topology) -> Option<serde_json::Value> {
+    let path = topology.state_dir.join("control").join("applied.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 pub fn build(
     topology: &Topology,
     view: &View,
@@ -241,6 +253,7 @@ pub fn build(
         },
         edges,
         functions,
+        control: control_report(topology),
     }
 }
 

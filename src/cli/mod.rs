@@ -617,6 +617,22 @@ pub(crate) fn status_table(s: &crate::admin::Status) -> String {
         s.zone,
         s.view.generation
     );
+    if let Some(c) = &s.control {
+        let _ = writeln!(
+            out,
+            "control plane: serving revision {} since {} ms{}",
+            c["revision"],
+            c["since_ms"],
+            match c["refused"].as_object() {
+                Some(r) => format!(
+                    "; refused revision {}: {}",
+                    r.get("revision").unwrap_or(&serde_json::Value::Null),
+                    r.get("why").and_then(|w| w.as_str()).unwrap_or("")
+                ),
+                None => String::new(),
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<12} {:<15} {:>5} {:>9} {:>17}  {:<24} FUNCTIONS",

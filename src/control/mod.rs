@@ -152,12 +152,41 @@ pub(crate) async fn connect(o: &ControlOpts) -> Result<async_nats::Client, Contr
     if let Some(ca) = &o.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    opts.connect(o.urls.as_str())
+    let (urls, user) = split_credentials(&o.urls);
+    if let Some((user, pass)) = user {
+        opts = opts.user_and_password(user, pass);
+    }
+    opts.connect(urls.as_str())
         .await
         .map_err(|e| ControlError::Connect {
-            urls: o.urls.clone(),
+            urls: urls.clone(),
             message: e.to_string(),
         })
+}
+
+/// The server list without credentials (so that no password reaches a
+/// log or an error message), and the `user:password@` of the first URL
+/// that has one.
+fn split_credentials(urls: &str) -> (String, Option<(String, String)>) {
+    let mut creds = None;
+    let plain: Vec<String> = urls
+        .split(',')
+        .map(|u| {
+            let u = u.trim();
+            let (scheme, rest) = u.split_once("://").unwrap_or(("nats", u));
+            match rest.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    if creds.is_none() {
+                        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                        creds = Some((user.to_string(), pass.to_string()));
+                    }
+                    format!("{scheme}://{host}")
+                }
+                None => format!("{scheme}://{rest}"),
+            }
+        })
+        .collect();
+    (plain.join(","), creds)
 }
 
 /// The two buckets, created on first use.
@@ -212,4 +241,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(bytes);
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_urls() {
+        let (urls, creds) = split_credentials("nats://u:p@a:4222, tls://b:4223");
+        assert_eq!(urls, "nats://a:4222,tls://b:4223");
+        assert_eq!(creds, Some(("u".into(), "p".into())));
+        let (urls, creds) = split_credentials("127.0.0.1:4222");
+        assert_eq!(urls, "nats://127.0.0.1:4222");
+        assert_eq!(creds, None);
+        assert!(is_reference(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!is_reference("sha256:abc"));
+        assert!(!is_reference("geo/sample.mmdb"));
+    }
 }

@@ -11,7 +11,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fnroute::mesh::transport::Request;
 
-use super::mesh::{client, ports, quic, write_topology, Ports, NAMES};
+use super::mesh::{client, ports, quic, write_topology, Ports, IPS, NAMES};
+
+/// GET /metrics from an admin listener.
+async fn admin_metrics(admin: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
 
 /// A nats-server with JetStream on a free loopback port, its store in `dir`.
 struct Nats {
@@ -23,6 +35,10 @@ struct Nats {
 
 impl Nats {
     fn start(dir: &Path, port: Option<u16>) -> Self {
+        Self::start_with(dir, port, &[])
+    }
+
+    fn start_with(dir: &Path, port: Option<u16>, extra: &[String]) -> Self {
         let dir = dir.to_path_buf();
         let ports_dir = dir.join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
@@ -34,6 +50,7 @@ impl Nats {
             .arg(dir.join("store"))
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -379,6 +396,28 @@ async fn deploy_once_and_every_edge_serves_it() {
     for i in 0..3 {
         assert_eq!(answer(&p, i, "ver").await.as_deref(), Some("v3"));
     }
+    // The refusal on the edge's own status page and metrics too.
+    let admin = format!("{}:{}", IPS[0], p.admin);
+    let out = fnroute()
+        .args(["status", "--admin", &admin, "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["control"]["refused"]["revision"], bad, "{doc}");
+    let out = fnroute()
+        .args(["status", "--admin", &admin])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("refused revision {bad}: signature")),
+        "{table}"
+    );
+    let metrics = admin_metrics(&admin).await;
+    assert!(
+        metrics.contains("fnroute_control_revisions_refused_total{edge=\"fra\"} 1"),
+        "{metrics}"
+    );
 
     // An edge started while NATS is down serves what it had.
     nats.stop();
@@ -440,4 +479,83 @@ async fn deploy_once_and_every_edge_serves_it() {
     let artifacts = d.join("state-sin/control/artifacts");
     assert!(!artifacts.join(format!("{bundle}.d")).exists());
     assert!(!d.join("state-sin/control/current.toml").exists());
+}
+
+/// NATS with a user and password, over TLS only: deploy and status connect
+/// with the credentials in the URL and `--control-tls-ca`; a wrong password
+/// or no CA is a clear error (exit 69), not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_with_user_password_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let (cert, key) = (d.join("nats.pem"), d.join("nats-key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let extra: Vec<String> = [
+        "--user",
+        "deployer",
+        "--pass",
+        "s3cret",
+        "--tls",
+        "--tlscert",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        cert.display().to_string(),
+        "--tlskey".into(),
+        key.display().to_string(),
+    ])
+    .collect();
+    let nats = Nats::start_with(&d.join("nats"), None, &extra);
+    let port = nats.port;
+    let p = ports();
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = topology(&src, &p, "v1");
+    let run = |url: String, ca: bool| {
+        let mut c = fnroute();
+        c.args(["deploy", "--control", &url, "--topology"])
+            .arg(&file);
+        if ca {
+            c.arg("--control-tls-ca").arg(&cert);
+        }
+        c.output().unwrap()
+    };
+    let ok = run(format!("nats://deployer:s3cret@127.0.0.1:{port}"), true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = run(format!("nats://deployer:wrong@127.0.0.1:{port}"), true);
+    assert_eq!(
+        wrong.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("connecting to the control plane"));
+    let no_ca = run(format!("nats://deployer:s3cret@127.0.0.1:{port}"), false);
+    assert_eq!(
+        no_ca.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&no_ca.stderr)
+    );
+    let out = fnroute()
+        .args(["control", "status", "--control"])
+        .arg(format!("nats://deployer:s3cret@127.0.0.1:{port}"))
+        .arg("--control-tls-ca")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("current revision"));
 }
