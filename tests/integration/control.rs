@@ -419,8 +419,11 @@ async fn deploy_once_and_every_edge_serves_it() {
         "{metrics}"
     );
 
-    // An edge started while NATS is down serves what it had.
+    // NATS goes away: a deploy fails clearly (nothing half-written), and
+    // an edge started while NATS is down serves what it had.
     nats.stop();
+    let down = deploy(&nats, &topology(&src, &p, "lost"), &key);
+    assert_eq!(down.status.code(), Some(69), "{}", String::from_utf8_lossy(&down.stderr));
     edges.kill(1);
     edges.spawn(1);
     let started = Instant::now();
