@@ -111,6 +111,7 @@ fn fail(e: &ControlError) -> ExitCode {
         ControlError::Config(_) | ControlError::File { .. } | ControlError::Signature(_) => {
             EX_USAGE
         }
+        ControlError::Fetch { .. } => EX_UNAVAILABLE,
         ControlError::Empty | ControlError::NoRevision(_) | ControlError::Artifact { .. } => 1,
     })
 }

@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{kv, object_store};
 use futures_util::StreamExt;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use toml::{Table, Value};
+use tracing::Instrument;
 
 use super::sign::TrustKey;
 use super::{
     buckets, connect, is_reference, now_ms, object_name, sha256_hex, ArtifactKind, ControlError,
-    ControlOpts, EdgeReport, Refusal, Revision, TOPOLOGY_KEY,
+    ControlOpts, EdgeReport, Refusal, Revision, ARTIFACTS, TOPOLOGY_KEY,
 };
 use crate::config::reload::Reload;
 
@@ -64,6 +64,17 @@ impl Agent {
         })
     }
 
+    /// The control plane's buckets, and the artifacts' chunk stream.
+    async fn connect(&self) -> Result<(kv::Store, Artifacts), ControlError> {
+        let client = connect(&self.opts).await?;
+        let (store, objects) = buckets(client.clone()).await?;
+        let chunks = async_nats::jetstream::new(client)
+            .get_stream(format!("OBJ_{ARTIFACTS}"))
+            .await
+            .map_err(ControlError::nats)?;
+        Ok((store, Artifacts { objects, chunks }))
+    }
+
     fn dir(&self) -> PathBuf {
         self.state_dir.join("control")
     }
@@ -100,7 +111,7 @@ impl Agent {
     }
 
     async fn try_first(&self) -> Result<u64, ControlError> {
-        let (store, objects) = buckets(connect(&self.opts).await?).await?;
+        let (store, objects) = self.connect().await?;
         let entry = store
             .entry(TOPOLOGY_KEY)
             .await
@@ -112,7 +123,9 @@ impl Agent {
                 Ok(entry.revision)
             }
             Err(e) => {
-                self.refused(&store, entry.revision, &e).await;
+                if !e.is_transient() {
+                    self.refused(&store, entry.revision, &e).await;
+                }
                 Err(e)
             }
         }
@@ -128,18 +141,25 @@ impl Agent {
         token: CancellationToken,
     ) {
         crate::metrics::control_revision(&self.node, applied);
+        let mut failures = 0u32;
         loop {
+            let before = applied;
             tokio::select! {
                 () = token.cancelled() => return,
                 r = self.watch(reloader.as_ref(), &mut applied) => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "control plane lost; serving revision {applied}, reconnecting");
+                        tracing::warn!(error = %e, "serving revision {applied}; trying the control plane again");
                     }
                 }
             }
+            failures = if applied > before {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(RETRY) => {}
+                () = tokio::time::sleep(backoff(failures)) => {}
             }
         }
     }
@@ -149,7 +169,7 @@ impl Agent {
         reloader: &R,
         applied: &mut u64,
     ) -> Result<(), ControlError> {
-        let (store, objects) = buckets(connect(&self.opts).await?).await?;
+        let (store, objects) = self.connect().await?;
         self.applied(&store, *applied).await;
         let mut updates = store
             .watch_with_history(TOPOLOGY_KEY)
@@ -161,16 +181,22 @@ impl Agent {
                 continue;
             }
             let span = tracing::info_span!("control", edge = %self.node, revision = entry.revision);
-            let _g = span.enter();
-            match self.apply(&objects, &entry.value, reloader).await {
+            let applying = self
+                .apply(&objects, &entry.value, reloader)
+                .instrument(span);
+            match applying.await {
                 Ok(()) => {
-                    tracing::info!("revision applied");
+                    tracing::info!(revision = entry.revision, "revision applied");
                     *applied = entry.revision;
                     crate::metrics::control_revision(&self.node, entry.revision);
                     self.applied(&store, entry.revision).await;
                 }
+                // Not the revision's fault (an artifact download failed,
+                // the server is busy): the watch starts again after a
+                // pause and the revision is tried again.
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    tracing::error!(error = %e, "revision refused; serving the previous one");
+                    tracing::error!(revision = entry.revision, error = %e, "revision refused; serving the previous one");
                     crate::metrics::control_refused(&self.node);
                     self.refused(&store, entry.revision, &e).await;
                 }
@@ -183,7 +209,7 @@ impl Agent {
     /// then applies it live; on a refusal the previous files come back.
     async fn apply<R: Reload + ?Sized>(
         &self,
-        objects: &object_store::ObjectStore,
+        objects: &Artifacts,
         value: &[u8],
         reloader: &R,
     ) -> Result<(), ControlError> {
@@ -211,11 +237,7 @@ impl Agent {
     /// Verifies `value` (signature, artifact hashes) and writes its
     /// topology, validated as `fnroute check` validates a file, as the
     /// current one (with the geo database in its fixed place).
-    async fn install(
-        &self,
-        objects: &object_store::ObjectStore,
-        value: &[u8],
-    ) -> Result<(), ControlError> {
+    async fn install(&self, objects: &Artifacts, value: &[u8]) -> Result<(), ControlError> {
         let rev: Revision = serde_json::from_slice(value)
             .map_err(|e| ControlError::Config(format!("not a revision: {e}")))?;
         if let Some(trust) = &self.trust {
@@ -292,7 +314,7 @@ impl Agent {
     /// (a bundle unpacked first). Artifacts already there are reused.
     async fn fetch(
         &self,
-        objects: &object_store::ObjectStore,
+        objects: &Artifacts,
         reference: &str,
         kind: ArtifactKind,
     ) -> Result<PathBuf, ControlError> {
@@ -304,21 +326,17 @@ impl Agent {
         if done.exists() {
             return Ok(done);
         }
-        let err = |message: String| ControlError::Artifact {
+        let fetch_err = |message: String| ControlError::Fetch {
             name: name.clone(),
             message,
         };
-        let mut object = objects.get(&name).await.map_err(|e| err(e.to_string()))?;
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let bytes = objects.download(&name).await.map_err(fetch_err)?;
         let got = format!("sha256:{}", sha256_hex(&bytes));
         if got != reference {
-            return Err(err(format!(
-                "its content hashes to {got}: tampered or corrupt, not used"
-            )));
+            return Err(ControlError::Artifact {
+                name: name.clone(),
+                message: format!("its content hashes to {got}: tampered or corrupt, not used"),
+            });
         }
         let incoming = self
             .dir()
@@ -385,10 +403,68 @@ impl Agent {
     }
 }
 
+/// The artifact store, read without consumers.
+struct Artifacts {
+    objects: object_store::ObjectStore,
+    /// The object store's stream (`OBJ_fnroute-artifacts`).
+    chunks: async_nats::jetstream::stream::Stream,
+}
+
+impl Artifacts {
+    /// Object `name`'s bytes, chunk by chunk with direct gets: unlike
+    /// `ObjectStore::get`, which creates a consumer per download that the
+    /// server keeps for 30 s (and nats-server caps a stream at 1,000
+    /// consumers, so a fleet could fetch only ~1,000 artifacts per 30 s),
+    /// this leaves nothing behind on the server.
+    async fn download(&self, name: &str) -> Result<Vec<u8>, String> {
+        let info = self.objects.info(name).await.map_err(|e| e.to_string())?;
+        let subject = format!("$O.{ARTIFACTS}.C.{}", info.nuid);
+        let mut bytes = Vec::with_capacity(info.size);
+        let mut next = None;
+        for _ in 0..info.chunks {
+            let m = self
+                .chunks
+                .direct_get_next_for_subject(subject.as_str(), next)
+                .await
+                .map_err(|e| e.to_string())?;
+            bytes.extend_from_slice(&m.payload);
+            next = Some(m.sequence + 1);
+        }
+        if bytes.len() != info.size {
+            return Err(format!("{} of {} bytes arrived", bytes.len(), info.size));
+        }
+        Ok(bytes)
+    }
+}
+
+/// The pause before trying the control plane again after `failures`
+/// failures in a row: 1 s doubling to 30 s, plus up to half of it at
+/// random so that a fleet does not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let base = RETRY
+        .saturating_mul(1u32 << failures.min(5))
+        .min(Duration::from_secs(30));
+    base + base.mul_f64(rand::random::<f64>() / 2.0)
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so a
 /// reader sees the old file or the new one, never half of one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| ControlError::file(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ControlError::file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_with_jitter() {
+        for (failures, base) in [(0, 1), (1, 2), (3, 8), (5, 30), (40, 30)] {
+            let d = backoff(failures);
+            let base = Duration::from_secs(base);
+            assert!(d >= base && d <= base + base / 2, "{failures}: {d:?}");
+        }
+    }
 }

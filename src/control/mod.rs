@@ -72,11 +72,24 @@ pub(crate) enum ControlError {
     File { path: PathBuf, message: String },
     #[error("signature: {0}")]
     Signature(String),
+    /// An artifact that is not what its reference says (never used).
     #[error("artifact {name}: {message}")]
     Artifact { name: String, message: String },
+    /// An artifact that could not be downloaded now (tried again).
+    #[error("downloading artifact {name}: {message}")]
+    Fetch { name: String, message: String },
 }
 
 impl ControlError {
+    /// Whether trying the same thing again later may work (the control
+    /// plane away or busy), as opposed to a revision that is wrong.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Nats(_) | Self::Fetch { .. } | Self::Empty
+        )
+    }
+
     fn nats(e: impl std::fmt::Display) -> Self {
         Self::Nats(e.to_string())
     }
@@ -258,5 +271,22 @@ mod tests {
         assert!(is_reference(&format!("sha256:{}", "a".repeat(64))));
         assert!(!is_reference("sha256:abc"));
         assert!(!is_reference("geo/sample.mmdb"));
+    }
+
+    #[test]
+    fn only_a_wrong_revision_is_refused_for_good() {
+        let fetch = ControlError::Fetch {
+            name: "sha256-x".into(),
+            message: "maximum consumers limit reached".into(),
+        };
+        assert!(fetch.is_transient());
+        assert!(ControlError::Nats("timed out".into()).is_transient());
+        let tampered = ControlError::Artifact {
+            name: "sha256-x".into(),
+            message: "tampered".into(),
+        };
+        assert!(!tampered.is_transient());
+        assert!(!ControlError::Signature("not signed".into()).is_transient());
+        assert!(!ControlError::Config("bad".into()).is_transient());
     }
 }

@@ -423,7 +423,12 @@ async fn deploy_once_and_every_edge_serves_it() {
     // an edge started while NATS is down serves what it had.
     nats.stop();
     let down = deploy(&nats, &topology(&src, &p, "lost"), &key);
-    assert_eq!(down.status.code(), Some(69), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(
+        down.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     edges.kill(1);
     edges.spawn(1);
     let started = Instant::now();
@@ -455,6 +460,12 @@ async fn deploy_once_and_every_edge_serves_it() {
         .find(|(_, a)| a["kind"] == "bundle")
         .map(|(r, _)| r.replacen(':', "-", 1))
         .unwrap();
+    // Edges download artifacts with direct gets: no consumer is left on
+    // the artifact stream (nats-server caps a stream at 1,000, and a
+    // download's consumer would linger for 30 s).
+    let mut stream = js.get_stream("OBJ_fnroute-artifacts").await.unwrap();
+    let consumers = stream.info().await.unwrap().state.consumer_count;
+    assert_eq!(consumers, 0, "consumers left on the artifact stream");
     let objects = js.get_object_store("fnroute-artifacts").await.unwrap();
     objects
         .put(bundle.as_str(), &mut &b"not the bundle"[..])
