@@ -946,3 +946,39 @@ mod tests {
         assert!(toml::from_str::<CorsPolicy>("allow_origin = []").is_err());
     }
 }
+
+/// Request headers are input from outside: preflight and decoration never
+/// panic, whatever the origin and requested method and headers hold.
+#[cfg(test)]
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_preflight(origin in "[ -~]{0,40}", method in "[ -~]{0,20}", asked in "[ -~]{0,60}") {
+            let policy = CorsPolicy {
+                allow_origins: vec!["https://a.example".into()],
+                allow_methods: vec!["PUT".into()],
+                allow_headers: vec!["content-type".into()],
+                expose_headers: vec!["x-a".into()],
+                allow_credentials: true,
+                max_age_s: Some(60),
+            };
+            let mut h = HeaderMap::new();
+            for (name, value) in [
+                (header::ORIGIN, &origin),
+                (header::ACCESS_CONTROL_REQUEST_METHOD, &method),
+                (header::ACCESS_CONTROL_REQUEST_HEADERS, &asked),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    h.insert(name, v);
+                }
+            }
+            let _ = policy.preflight(&Method::OPTIONS, &h);
+            let mut out = HeaderMap::new();
+            policy.decorate(&h, &mut out);
+        }
+    }
+}

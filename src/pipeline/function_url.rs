@@ -1114,3 +1114,70 @@ mod tests {
         }
     }
 }
+
+/// Function results and client requests are input from outside: whatever
+/// they hold, conversion answers or errors, never panics.
+#[cfg(test)]
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_as_a_result(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = response(&bytes);
+        }
+
+        #[test]
+        fn structured_results_with_any_fields(
+            status in any::<i64>(),
+            name in ".{0,20}",
+            value in ".{0,40}",
+            cookie in ".{0,40}",
+            body in ".{0,60}",
+            base64 in any::<bool>(),
+        ) {
+            let result = serde_json::json!({
+                "statusCode": status,
+                "headers": { name: value },
+                "cookies": [cookie],
+                "body": body,
+                "isBase64Encoded": base64,
+            });
+            let bytes = serde_json::to_vec(&result).unwrap_or_default();
+            if let Ok(r) = response(&bytes) {
+                prop_assert!((200..=599).contains(&r.status.as_u16()));
+            }
+        }
+
+        #[test]
+        fn any_request_makes_an_event(
+            path in "/[ -~]{0,40}",
+            header in "[ -~]{0,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..128),
+        ) {
+            let Ok(uri) = path.parse::<Uri>() else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&header) {
+                headers.insert(header::COOKIE, v.clone());
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            let req = UrlRequest {
+                method: &Method::POST,
+                uri: &uri,
+                headers: &headers,
+                body: &body,
+                source_ip: None,
+                protocol: "HTTP/2.0",
+                domain_name: "web.fn.test",
+                request_id: "r",
+                account_id: "anonymous",
+                api_id: "web",
+                time: std::time::SystemTime::now(),
+            };
+            let event = event(&req);
+            prop_assert!(serde_json::from_slice::<serde_json::Value>(&event).is_ok());
+        }
+    }
+}
