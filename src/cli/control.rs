@@ -262,12 +262,5 @@ pub(crate) fn serve(
         fleet.shutdown(grace).await;
         anyhow::Ok(())
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("fnroute: {e:#}");
-            ExitCode::from(EX_SOFTWARE)
-        }
-    }
+    super::served(result)
 }

@@ -506,6 +506,12 @@ fn serve(
         fleet.shutdown(grace).await;
         anyhow::Ok(())
     });
+    served(result)
+}
+
+/// The exit code of a `serve` run: 0, or 70 with the error logged and
+/// printed.
+fn served(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -589,6 +589,22 @@ pub(crate) async fn run_cached(
         let started = call.started;
         move || execute(shared, inv, kind, timeout, started)
     };
+    through_cache(shared, key, function, run).await
+}
+
+/// `run` through the edge's cache under `key` (a hit never runs it), or
+/// directly without one. Returns the result, how the cache answered and
+/// the entry's age in seconds.
+pub(crate) async fn through_cache<F, Fut>(
+    shared: &Pipeline,
+    key: Option<CacheKey>,
+    function: &Function,
+    run: F,
+) -> (Result<CachedReply, Problem>, Option<CacheStatus>, u64)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<CachedReply, Problem>> + Send + 'static,
+{
     match key {
         Some(key) => {
             let f = shared

@@ -154,18 +154,7 @@ async fn run_local(
             to_reply(&function, raw.body, raw.timing)
         }
     };
-    let (result, status, age) = match key {
-        Some(key) => {
-            let f = shared
-                .cx
-                .cache
-                .fetch(key, function.cache.as_ref(), run)
-                .await;
-            let age = f.age_secs();
-            (f.result, Some(f.status), age)
-        }
-        None => (run().await, None, 0),
-    };
+    let (result, status, age) = super::through_cache(shared, key, &function, run).await;
     let r = respond(shared, call, result?, status, age)?;
     Ok(finish(call, r))
 }

@@ -92,11 +92,11 @@ pub(crate) fn dev_cert_names(topology: &Topology) -> Vec<String> {
 /// client certificates are optional and, when given, must chain to the
 /// cluster CA; peers asking for this edge's name get its cluster
 /// certificate.
-pub(crate) fn server_config_with(
+/// The certificate chain and private key of `files` (at least one
+/// certificate).
+fn load_pair(
     files: &CertFiles,
-    enable_0rtt: bool,
-    cluster: Option<&crate::tls::pki::Cluster>,
-) -> Result<rustls::ServerConfig, TlsError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError(format!("reading {}: {e}", files.cert.display())))?;
@@ -108,6 +108,15 @@ pub(crate) fn server_config_with(
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| TlsError(format!("reading {}: {e}", files.key.display())))?;
+    Ok((certs, key))
+}
+
+pub(crate) fn server_config_with(
+    files: &CertFiles,
+    enable_0rtt: bool,
+    cluster: Option<&crate::tls::pki::Cluster>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let (certs, key) = load_pair(files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -142,11 +151,7 @@ pub(crate) fn server_config_with(
 /// and 1.2 (TCP clients still include TLS 1.2-only ones), no client
 /// certificates (the mesh stays on QUIC) and no early data.
 pub(crate) fn web_server_config(files: &CertFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError(format!("reading {}: {e}", files.cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| TlsError(format!("reading {}: {e}", files.key.display())))?;
+    let (certs, key) = load_pair(files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -136,12 +136,17 @@ executor = {{ kind = "command", command = ["sh", "run.sh"] }}
     path
 }
 
-fn deploy(nats: &Nats, file: &Path, key: &Path) -> std::process::Output {
-    fnroute()
-        .args(["deploy", "--control", &nats.url, "--topology"])
+fn deploy_command(nats: &Nats, file: &Path, key: &Path) -> Command {
+    let mut c = fnroute();
+    c.args(["deploy", "--control", &nats.url, "--topology"])
         .arg(file)
         .arg("--key")
-        .arg(key)
+        .arg(key);
+    c
+}
+
+fn deploy(nats: &Nats, file: &Path, key: &Path) -> std::process::Output {
+    deploy_command(nats, file, key)
         .output()
         .expect("fnroute deploy")
 }
@@ -327,20 +332,12 @@ async fn deploy_once_and_every_edge_serves_it() {
 
     // Two deploys at once: one wins, the other says so.
     let f3 = topology(&src, &p, "v3");
-    let a = fnroute()
-        .args(["deploy", "--control", &nats.url, "--topology"])
-        .arg(&f3)
-        .arg("--key")
-        .arg(&key)
+    let a = deploy_command(&nats, &f3, &key)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let b = fnroute()
-        .args(["deploy", "--control", &nats.url, "--topology"])
-        .arg(&f3)
-        .arg("--key")
-        .arg(&key)
+    let b = deploy_command(&nats, &f3, &key)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
