@@ -1,5 +1,6 @@
 //! fnroute: an edge function router. Clients reach stateless functions by
-//! name; DNS and QUIC front doors send them to the nearest healthy edge.
+//! name; a DNS front door sends them to the nearest healthy edge, whose
+//! HTTP/3 and HTTPS front doors run them or forward them.
 //!
 //! The map of the code, its data flow and its invariants are in
 //! `docs/ARCHITECTURE.md`, which also lists the public API (everything

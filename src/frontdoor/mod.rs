@@ -1,10 +1,12 @@
-//! The QUIC / HTTP/3 front door: the client API `POST /fn/{name}` on each
-//! edge's `quic_listen` (quinn + h3, rustls on ring, ALPN h3).
+//! The front doors of the client API, two adapters of one request
+//! pipeline: HTTP/3 on each edge's `quic_listen` (`server`: quinn + h3,
+//! rustls on ring, ALPN h3) and HTTPS over TCP on `tcp_listen` (`tcp`:
+//! hyper, HTTP/1.1 and HTTP/2 by ALPN).
 //!
-//! `frontdoor` owns the QUIC endpoint, TLS material, connection and
-//! request limits, edge-level admission and the mapping of executor errors
-//! to RFC 9457 problem+json. It never imports `dns`; it hands invocations
-//! to `exec` and knows nothing of processes.
+//! `frontdoor` owns the listeners, TLS material and connection limits;
+//! everything after the transport (admission, limits, problems, cache,
+//! execution) is `pipeline`'s. It never imports `dns` and knows nothing of
+//! processes.
 //!
 //! Invariants: every invocation response carries `fnroute-edge`; no
 //! request body is buffered beyond `quic.max_payload_bytes`; in-flight

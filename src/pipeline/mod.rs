@@ -1,8 +1,8 @@
 //! The request pipeline, the same for every transport.
 //!
-//! A front door's adapter (HTTP/3 in `frontdoor::server`; HTTPS over TCP
-//! will be a second one) turns what its transport received into one [`Call`], parsed
-//! once, and hands it with a [`RequestBody`] to [`serve`], which answers
+//! A front door's adapter (HTTP/3 in `frontdoor::server`, HTTPS over TCP
+//! in `frontdoor::tcp`) turns what its transport received into one
+//! [`Call`], parsed once, and hands it with a [`RequestBody`] to [`serve`], which answers
 //! with a [`Reply`] or a [`Problem`] for the adapter to send. A call holds
 //! one topology snapshot from start to end: a reload in the middle of a
 //! request never mixes two topologies.
