@@ -151,6 +151,9 @@ impl Fleet {
     /// started and drops every bound socket before it is returned, so a
     /// failed start leaves nothing behind.
     pub async fn start(topology: Arc<Topology>, edges: &[EdgeId]) -> anyhow::Result<Self> {
+        // Components compile (or load from the disk cache) before any port
+        // is bound: a bad one fails the start, not the first request.
+        prepare_wasm(&topology, edges).await?;
         let geo = Arc::new(
             GeoDb::open(&topology.geo_db, topology.default_location)
                 .with_context(|| format!("opening geo database {}", topology.geo_db.display()))?,
@@ -441,6 +444,18 @@ impl Reloader {
             report.errors = refused;
             return report;
         }
+        let ours: Vec<EdgeId> = contexts
+            .iter()
+            .filter_map(|(cx, _)| new.edge_id(&cx.name()))
+            .collect();
+        if let Err(e) = prepare_wasm(&new, &ours).await {
+            tracing::error!(file = %self.source.display(), "topology reload rejected, keeping the running one: {e:#}");
+            report.errors = match e.downcast::<crate::exec::PrepareError>() {
+                Ok(p) => p.0,
+                Err(e) => vec![format!("{e:#}")],
+            };
+            return report;
+        }
         // Old edges keep their EdgeId; removed ones stay as retired slots.
         let new = Arc::new(crate::config::reload::align(&old, (*new).clone()));
         let edges_added: Vec<String> = new
@@ -481,6 +496,17 @@ impl Reloader {
         report.removed = removed;
         report
     }
+}
+
+/// `exec::prepare` for the wasm functions of `edges`, off the async
+/// workers (the first compile of a component is CPU-heavy).
+async fn prepare_wasm(topology: &Arc<Topology>, edges: &[EdgeId]) -> anyhow::Result<()> {
+    let t = topology.clone();
+    let edges = edges.to_vec();
+    tokio::task::spawn_blocking(move || crate::exec::prepare(&t, Some(&edges)))
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing wasm components: {e}"))??;
+    Ok(())
 }
 
 /// Applies a validated, live-applicable, `align`ed topology to one edge.

@@ -227,6 +227,7 @@ pub fn build(
                 executor: match f.executor.kind {
                     ExecutorKind::Lambda => "lambda",
                     ExecutorKind::Command => "command",
+                    ExecutorKind::Wasm => "wasm",
                 }
                 .into(),
                 memory_mb: f.memory_mb,

@@ -317,6 +317,12 @@ fn check(file: &Path) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    // Every component compiles (into the state dir's cache) and targets
+    // wasi:http/proxy, as `serve` will require.
+    if let Err(e) = crate::exec::prepare(&topo, None) {
+        eprintln!("{}: {e}", topo.source.display());
+        return ExitCode::from(EX_USAGE);
+    }
     print!("{}", summary(&topo));
     ExitCode::SUCCESS
 }
@@ -514,6 +520,13 @@ fn serve(
 fn served(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A component that cannot run is bad configuration, found before
+        // any port was bound.
+        Err(e) if e.downcast_ref::<crate::exec::PrepareError>().is_some() => {
+            tracing::error!("{e:#}");
+            eprintln!("fnroute: {e:#}");
+            ExitCode::from(EX_USAGE)
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("fnroute: {e:#}");

@@ -308,6 +308,9 @@ pub struct Function {
     /// `bundle`: the folder shipped with the function (also its working
     /// directory, `executor.workdir`).
     pub bundle: Option<PathBuf>,
+    /// `allow_outbound` (wasm): `host:port`s, lower case, that its outgoing
+    /// HTTP requests may reach; empty: none.
+    pub(crate) allow_outbound: Vec<String>,
     /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.
@@ -320,13 +323,30 @@ pub(crate) enum ExecutorKind {
     Lambda,
     /// One process per invocation: event on stdin, result on stdout.
     Command,
+    /// A `wasi:http/proxy` component, a fresh instance per invocation,
+    /// in-process on Wasmtime.
+    Wasm,
+}
+
+/// A `wasm` executor's component file, checked and hashed when the
+/// topology is loaded: a reload that changes its bytes changes the
+/// function's definition (a new pool, a new cache version); one that keeps
+/// them keeps both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// Absolute path of the `.wasm` file.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes.
+    pub sha256: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executor {
     pub(crate) kind: ExecutorKind,
-    /// argv; `command[0]` is resolved (absolute path).
+    /// argv; `command[0]` is resolved (absolute path). Empty for `wasm`.
     pub command: Vec<String>,
+    /// The component of a `wasm` executor.
+    pub component: Option<Component>,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) handler: Option<String>,
     /// Working directory of the process: the function's `bundle`, else

@@ -207,13 +207,18 @@ pub(crate) struct RawFunction {
     /// A folder (relative to the file) that is the function's working
     /// directory and travels with it through the control plane.
     pub(crate) bundle: Option<Spanned<String>>,
+    /// `wasm` only: the `host:port`s its outgoing HTTP requests may reach.
+    pub(crate) allow_outbound: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawExecutor {
     pub(crate) kind: Spanned<String>,
-    pub(crate) command: Spanned<Vec<String>>,
+    /// argv of `lambda` and `command` executors.
+    pub(crate) command: Option<Spanned<Vec<String>>>,
+    /// The `wasi:http` component of a `wasm` executor (relative to the file).
+    pub(crate) component: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
     /// `_HANDLER` for Lambda runtimes that need one.

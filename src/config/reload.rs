@@ -120,6 +120,7 @@ pub(crate) fn same_definition(a: &Function, b: &Function) -> bool {
         && a.cache == b.cache
         && a.idempotent == b.idempotent
         && a.gatekeeper == b.gatekeeper
+        && a.allow_outbound == b.allow_outbound
 }
 
 /// Names of functions added, changed (in definition, not placement) and

@@ -1083,10 +1083,44 @@ fn check_functions(
             interface: check_interface(cx, f, &key),
             cors: check_cors(cx, f, &key),
             bundle,
+            allow_outbound: check_outbound(cx, f, &key),
             cache_version: 0,
         };
         function.cache_version = super::function_version(&function);
         out.push(function);
+    }
+    out
+}
+
+/// `allow_outbound`: `host:port` items, for wasm functions only.
+fn check_outbound(cx: &mut Ctx<'_>, f: &RawFunction, key: &str) -> Vec<String> {
+    let Some(list) = &f.allow_outbound else {
+        return Vec::new();
+    };
+    if f.executor.get_ref().kind.get_ref() != "wasm" {
+        cx.err(
+            Some(list.span()),
+            format!("{key}.allow_outbound"),
+            "allow_outbound applies to wasm functions only",
+            Some("remove it: processes of lambda and command functions use the host's network as they are".into()),
+        );
+    }
+    let mut out = Vec::new();
+    for item in list.get_ref() {
+        let v = item.get_ref().to_ascii_lowercase();
+        let ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if ok {
+            out.push(v);
+        } else {
+            cx.err(
+                Some(item.span()),
+                format!("{key}.allow_outbound"),
+                format!("{:?} is not host:port", item.get_ref()),
+                Some("give each destination as host:port, e.g. \"api.example.com:443\" or \"127.0.0.1:8080\"".into()),
+            );
+        }
     }
     out
 }
@@ -1167,12 +1201,13 @@ fn check_executor(
     let kind = match r.kind.get_ref().as_str() {
         "lambda" => ExecutorKind::Lambda,
         "command" => ExecutorKind::Command,
+        "wasm" => ExecutorKind::Wasm,
         other => {
             cx.err(
                 Some(r.kind.span()),
                 format!("{key}.executor.kind"),
                 format!("unknown executor kind {other:?}"),
-                Some("use \"lambda\" (AWS Lambda Runtime API workers) or \"command\" (one process per invocation)".into()),
+                Some("use \"lambda\" (AWS Lambda Runtime API workers), \"command\" (one process per invocation) or \"wasm\" (a wasi:http component)".into()),
             );
             ExecutorKind::Command
         }
@@ -1180,18 +1215,62 @@ fn check_executor(
     // Absolute (workers run with it as their current directory, so a
     // relative program path must not depend on it) but not canonical.
     let workdir = bundle.map_or_else(|| absolute(&base_dir(cx.file)), Path::to_path_buf);
-    let mut command = r.command.get_ref().clone();
+    let (command, component) = if kind == ExecutorKind::Wasm {
+        (Vec::new(), check_wasm_executor(cx, e, key, &workdir))
+    } else {
+        (check_command(cx, e, key, &workdir), None)
+    };
+    Executor {
+        kind,
+        command,
+        component,
+        env: r.env.clone(),
+        handler: r.handler.clone(),
+        workdir,
+    }
+}
+
+/// `command` of a `lambda` or `command` executor: present, and its program
+/// found (and made absolute).
+fn check_command(
+    cx: &mut Ctx<'_>,
+    e: &Spanned<RawExecutor>,
+    key: &str,
+    workdir: &Path,
+) -> Vec<String> {
+    let r = e.get_ref();
+    if let Some(c) = &r.component {
+        cx.err(
+            Some(c.span()),
+            format!("{key}.executor.component"),
+            format!(
+                "component is for kind = \"wasm\", not {:?}",
+                r.kind.get_ref()
+            ),
+            Some("remove `component`, or set kind = \"wasm\"".into()),
+        );
+    }
+    let Some(spanned) = &r.command else {
+        cx.err(
+            Some(e.span()),
+            format!("{key}.executor.command"),
+            format!("a {:?} executor needs a command", r.kind.get_ref()),
+            Some("give the program and its arguments, e.g. command = [\"python3\", \"functions/echo.py\"]".into()),
+        );
+        return Vec::new();
+    };
+    let mut command = spanned.get_ref().clone();
     match command.first() {
         None => cx.err(
-            Some(r.command.span()),
+            Some(spanned.span()),
             format!("{key}.executor.command"),
             "the command is empty",
             Some("give the program and its arguments, e.g. [\"python3\", \"functions/echo.py\"]".to_string()),
         ),
-        Some(prog) => match find_program(prog, &workdir) {
+        Some(prog) => match find_program(prog, workdir) {
             Some(p) => command[0] = p.to_string_lossy().into_owned(),
             None => cx.err(
-                Some(r.command.span()),
+                Some(spanned.span()),
                 format!("{key}.executor.command"),
                 format!("program {prog:?} cannot be found"),
                 Some(if prog.contains('/') {
@@ -1202,12 +1281,82 @@ fn check_executor(
             ),
         },
     }
-    Executor {
-        kind,
-        command,
-        env: r.env.clone(),
-        handler: r.handler.clone(),
-        workdir,
+    command
+}
+
+/// `component` of a `wasm` executor: a readable file that is a WebAssembly
+/// component (not a core module), hashed. Whether it targets the
+/// `wasi:http/proxy` world is checked when it is compiled, before any port
+/// is bound (`exec::prepare`).
+fn check_wasm_executor(
+    cx: &mut Ctx<'_>,
+    e: &Spanned<RawExecutor>,
+    key: &str,
+    workdir: &Path,
+) -> Option<Component> {
+    let r = e.get_ref();
+    if let Some(c) = &r.command {
+        cx.err(
+            Some(c.span()),
+            format!("{key}.executor.command"),
+            "a wasm executor runs a component, not a command",
+            Some("remove `command` and give component = \"PATH.wasm\"".into()),
+        );
+    }
+    if r.handler.is_some() {
+        cx.err(
+            Some(e.span()),
+            format!("{key}.executor.handler"),
+            "`handler` is for lambda executors",
+            Some("remove `handler`".into()),
+        );
+    }
+    let Some(c) = &r.component else {
+        cx.err(
+            Some(e.span()),
+            format!("{key}.executor.component"),
+            "a wasm executor needs a component",
+            Some("give component = \"PATH.wasm\" (a wasi:http/proxy component, relative to the bundle or else the topology file)".into()),
+        );
+        return None;
+    };
+    let path = absolute(&workdir.join(c.get_ref()));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(error) => {
+            cx.err(
+                Some(c.span()),
+                format!("{key}.executor.component"),
+                format!("cannot read component {}: {error}", path.display()),
+                Some("check the path (relative to the bundle, or else to the topology file); build the component first (e.g. edge-config/functions/build-wasm.sh)".into()),
+            );
+            return None;
+        }
+    };
+    if let Err(why) = wasm_kind(&bytes) {
+        cx.err(
+            Some(c.span()),
+            format!("{key}.executor.component"),
+            format!("{} is {why}", path.display()),
+            Some("give a wasi:http/proxy component (componentize-py, jco componentize, cargo's wasm32-wasip2 target, or wasm-tools component new)".into()),
+        );
+        return None;
+    }
+    use sha2::Digest as _;
+    let sha256 = sha2::Sha256::digest(&bytes).into();
+    Some(Component { path, sha256 })
+}
+
+/// Whether `bytes` begin like a WebAssembly component (magic, then the
+/// component encoding's version and layer), and what they are if not.
+fn wasm_kind(bytes: &[u8]) -> Result<(), &'static str> {
+    match bytes {
+        [0x00, b'a', b's', b'm', _, _, 0x01, 0x00, ..] => Ok(()),
+        [0x00, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00, ..] => {
+            Err("a core WebAssembly module, not a component")
+        }
+        [0x00, b'a', b's', b'm', ..] => Err("WebAssembly of an unknown encoding"),
+        _ => Err("not WebAssembly (no \\0asm header)"),
     }
 }
 

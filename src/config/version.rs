@@ -36,6 +36,8 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         cors: _,
         // Its path is `executor.workdir`; its contents are not hashed here.
         bundle: _,
+        // Where its requests may go, not what it answers.
+        allow_outbound: _,
         // The digest itself (what this computes).
         cache_version: _,
     } = f;
@@ -47,8 +49,14 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         match executor.kind {
             ExecutorKind::Lambda => b"lambda",
             ExecutorKind::Command => b"command",
+            ExecutorKind::Wasm => b"wasm",
         },
     );
+    // Only when set, so versions of existing functions do not move.
+    if let Some(c) = &executor.component {
+        field(&mut h, b"component");
+        field(&mut h, &c.sha256);
+    }
     field(&mut h, &(executor.command.len() as u64).to_le_bytes());
     for arg in &executor.command {
         field(&mut h, arg.as_bytes());

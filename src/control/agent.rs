@@ -264,6 +264,19 @@ impl Agent {
                 ));
             }
         }
+        if let Some(Value::Array(functions)) = doc.get("function") {
+            for r in functions
+                .iter()
+                .filter(|f| f.get("bundle").is_none())
+                .filter_map(|f| f.get("executor")?.get("component")?.as_str())
+                .filter(|r| is_reference(r))
+            {
+                bundles.push((
+                    r.to_string(),
+                    self.fetch(objects, r, ArtifactKind::Component).await?,
+                ));
+            }
+        }
         self.localise(&mut doc, &bundles);
         // Validated with the artifact itself as the geo database, then
         // installed with the geo database in its fixed place.
@@ -291,19 +304,30 @@ impl Agent {
     }
 
     /// The edge's own settings in `doc`: its state directory and the
-    /// local paths of the bundles.
-    fn localise(&self, doc: &mut Table, bundles: &[(String, PathBuf)]) {
+    /// local paths of the artifacts (bundles and components).
+    fn localise(&self, doc: &mut Table, artifacts: &[(String, PathBuf)]) {
         doc.insert(
             "state_dir".into(),
             Value::String(self.state_dir.to_string_lossy().into_owned()),
         );
+        let local = |v: &mut Value| {
+            if let Value::String(r) = v {
+                if let Some((_, path)) = artifacts.iter().find(|(a, _)| a == r) {
+                    *r = path.to_string_lossy().into_owned();
+                }
+            }
+        };
         if let Some(Value::Array(functions)) = doc.get_mut("function") {
             for f in functions.iter_mut().filter_map(Value::as_table_mut) {
-                let Some(Value::String(b)) = f.get_mut("bundle") else {
-                    continue;
-                };
-                if let Some((_, dir)) = bundles.iter().find(|(r, _)| r == b) {
-                    *b = dir.to_string_lossy().into_owned();
+                if let Some(b) = f.get_mut("bundle") {
+                    local(b);
+                }
+                let component = f
+                    .get_mut("executor")
+                    .and_then(Value::as_table_mut)
+                    .and_then(|e| e.get_mut("component"));
+                if let Some(c) = component {
+                    local(c);
                 }
             }
         }
@@ -320,7 +344,7 @@ impl Agent {
     ) -> Result<PathBuf, ControlError> {
         let name = object_name(reference);
         let done = match kind {
-            ArtifactKind::Geo => self.dir().join("artifacts").join(&name),
+            ArtifactKind::Geo | ArtifactKind::Component => self.dir().join("artifacts").join(&name),
             ArtifactKind::Bundle => self.dir().join("artifacts").join(format!("{name}.d")),
         };
         if done.exists() {
@@ -345,7 +369,7 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&incoming);
         let _ = std::fs::remove_file(&incoming);
         match kind {
-            ArtifactKind::Geo => {
+            ArtifactKind::Geo | ArtifactKind::Component => {
                 std::fs::write(&incoming, &bytes).map_err(|e| ControlError::file(&incoming, e))?
             }
             ArtifactKind::Bundle => tar::Archive::new(bytes.as_slice())

@@ -111,6 +111,19 @@ fn collect_artifacts(
                 let reference = format!("sha256:{}", sha256_hex(&bytes));
                 *bundle = reference.clone();
                 out.insert(reference, (ArtifactKind::Bundle, bytes));
+                // A component inside the bundle travels with it.
+                continue;
+            }
+            let component = f
+                .get_mut("executor")
+                .and_then(Value::as_table_mut)
+                .and_then(|e| e.get_mut("component"));
+            if let Some(Value::String(c)) = component {
+                let path = base.join(&*c);
+                let bytes = std::fs::read(&path).map_err(|e| ControlError::file(&path, e))?;
+                let reference = format!("sha256:{}", sha256_hex(&bytes));
+                *c = reference.clone();
+                out.insert(reference, (ArtifactKind::Component, bytes));
             }
         }
     }

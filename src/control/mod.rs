@@ -129,6 +129,8 @@ pub(crate) enum ArtifactKind {
     Geo,
     /// A function's `bundle`, as a tar archive.
     Bundle,
+    /// A wasm function's `executor.component` (outside a bundle).
+    Component,
 }
 
 /// What an edge says about the revisions it was given (`edge.<name>`).

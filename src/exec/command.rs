@@ -4,23 +4,20 @@
 //! Concurrency is bounded by `concurrency_max` (a semaphore) and the wait
 //! for a permit by the edge's queue size and queue timeout.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Function, Topology};
 
+use super::gate::Gate;
 use super::policy::Tail;
 use super::process::{self, Group};
-use super::{
-    ExecError, FunctionStats, Invocation, Meter, Output, Timing, MAX_RESULT_BYTES, RETRY_AFTER,
-};
+use super::{ExecError, FunctionStats, Invocation, Meter, Output, Timing, MAX_RESULT_BYTES};
 
 /// Bytes of stderr kept for the error message.
 const STDERR_TAIL: usize = 2048;
@@ -29,14 +26,9 @@ const STDERR_TAIL: usize = 2048;
 pub(crate) struct CommandPool {
     f: Function,
     name: Arc<str>,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    running: AtomicUsize,
-    queue_cap: usize,
-    queue_timeout: Duration,
+    gate: Gate,
     meter: Arc<Meter>,
     stop: CancellationToken,
-    stats: Mutex<FunctionStats>,
 }
 
 impl CommandPool {
@@ -48,14 +40,9 @@ impl CommandPool {
     ) -> Self {
         Self {
             name: Arc::from(f.name.as_str()),
-            permits: Arc::new(Semaphore::new(f.concurrency_max.max(1) as usize)),
-            waiting: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-            queue_cap: topology.executors.queue as usize,
-            queue_timeout: topology.executors.queue_timeout,
+            gate: Gate::new(&f, topology),
             meter,
             stop,
-            stats: Mutex::new(FunctionStats::default()),
             f,
         }
     }
@@ -66,32 +53,9 @@ impl CommandPool {
         if deadline <= now {
             return Err(ExecError::Timeout(Duration::ZERO));
         }
-        self.bump(|s| s.invocations += 1);
-        let _permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_cap {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    self.bump(|s| s.saturated += 1);
-                    return Err(self.saturated());
-                }
-                let limit = (now + self.queue_timeout).min(deadline);
-                let got = timeout_at(limit, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                match got {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(ExecError::ShuttingDown),
-                    Err(_) if limit >= deadline => return Err(ExecError::Timeout(deadline - now)),
-                    Err(_) => {
-                        self.bump(|s| s.saturated += 1);
-                        return Err(self.saturated());
-                    }
-                }
-            }
-        };
+        let admitted = self.gate.enter(now, deadline).await?;
         let started = Instant::now();
         let deadline = deadline.min(started + self.f.timeout);
-        self.running.fetch_add(1, Ordering::AcqRel);
         let result = self
             .run(
                 &inv.request_id,
@@ -101,7 +65,7 @@ impl CommandPool {
                 started,
             )
             .await;
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        drop(admitted);
         let run = started.elapsed();
         if !matches!(result, Err(ExecError::Internal(_))) {
             self.meter
@@ -122,18 +86,12 @@ impl CommandPool {
     }
 
     pub(crate) fn stats(&self) -> FunctionStats {
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        s.function = self.f.name.to_string();
-        let running = self.running.load(Ordering::Relaxed);
-        s.workers = running;
-        s.busy = running;
-        s.queued = self.waiting.load(Ordering::Relaxed);
-        s
+        self.gate.stats()
     }
 
     /// Invocations running plus waiting (no lock, no allocation).
     pub(crate) fn backlog(&self) -> usize {
-        self.running.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
+        self.gate.backlog()
     }
 
     async fn run(
@@ -153,7 +111,7 @@ impl CommandPool {
         ];
         let mut group =
             Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;
-        self.bump(|s| s.spawned += 1);
+        self.gate.bump(|s| s.spawned += 1);
         let stdin = group.child.stdin.take();
         let stdout = group.child.stdout.take();
         let stderr = group.child.stderr.take();
@@ -196,7 +154,7 @@ impl CommandPool {
             if self.stop.is_cancelled() {
                 return Err(ExecError::ShuttingDown);
             }
-            self.bump(|s| s.kills += 1);
+            self.gate.bump(|s| s.kills += 1);
             return Err(ExecError::Timeout(started.elapsed()));
         };
         self.outcome(out, &tail, status)
@@ -225,16 +183,5 @@ impl CommandPool {
             });
         }
         Ok((Bytes::from(out), tail.cache_control().map(str::to_string)))
-    }
-
-    fn saturated(&self) -> ExecError {
-        ExecError::Saturated {
-            function: self.f.name.to_string(),
-            retry_after: RETRY_AFTER,
-        }
-    }
-
-    fn bump(&self, f: impl FnOnce(&mut FunctionStats)) {
-        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }

@@ -23,12 +23,15 @@
 //! worker is done with.
 
 mod command;
+mod gate;
 mod lambda;
 mod peer;
 mod policy;
 mod process;
+mod wasm;
 
 pub use lambda::{parse_runtime_request, RuntimeRequest};
+pub use wasm::{prepare, PrepareError};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -223,6 +226,7 @@ struct PoolEntry {
 enum Pool {
     Lambda(Arc<lambda::LambdaPool>),
     Command(Box<command::CommandPool>),
+    Wasm(Box<wasm::WasmPool>),
 }
 
 /// What a reload did to the pools of one edge.
@@ -282,6 +286,12 @@ impl Executors {
                 self.tasks.clone(),
             )),
             ExecutorKind::Command => Pool::Command(Box::new(command::CommandPool::new(
+                f.clone(),
+                topology,
+                self.meter.clone(),
+                stop.clone(),
+            ))),
+            ExecutorKind::Wasm => Pool::Wasm(Box::new(wasm::WasmPool::new(
                 f.clone(),
                 topology,
                 self.meter.clone(),
@@ -392,6 +402,7 @@ impl Executors {
         let result = match &entry.pool {
             Pool::Lambda(p) => p.invoke(inv).instrument(span).await,
             Pool::Command(p) => p.invoke(inv).instrument(span).await,
+            Pool::Wasm(p) => p.invoke(inv).instrument(span).await,
         };
         if let Err(error) = &result {
             tracing::debug!(function = %name, %error, "invocation failed");
@@ -405,6 +416,7 @@ impl Executors {
         self.pools.load().get(function).map(|e| match &e.pool {
             Pool::Lambda(p) => p.backlog(),
             Pool::Command(p) => p.backlog(),
+            Pool::Wasm(p) => p.backlog(),
         })
     }
 
@@ -416,6 +428,7 @@ impl Executors {
             .map(|e| match &e.pool {
                 Pool::Lambda(p) => p.stats(),
                 Pool::Command(p) => p.stats(),
+                Pool::Wasm(p) => p.stats(),
             })
             .collect()
     }

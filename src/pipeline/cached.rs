@@ -52,7 +52,7 @@ impl CachedReply {
         match (kind, cache_control) {
             (_, Some(value)) => Directive::parse(value),
             (ExecutorKind::Lambda, None) => cache::lambda_directive(body),
-            (ExecutorKind::Command, None) => Directive::Default,
+            (ExecutorKind::Command | ExecutorKind::Wasm, None) => Directive::Default,
         }
     }
 }

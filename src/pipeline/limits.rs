@@ -124,8 +124,15 @@ pub(crate) fn sniff_content_type(body: &[u8]) -> &'static str {
 }
 
 /// `server-timing` value: queue, run and total in milliseconds, and
-/// `cold` when a new worker started for this invocation.
-pub(crate) fn server_timing(queue: Duration, run: Duration, total: Duration, cold: bool) -> String {
+/// `cold` when a new worker (or wasm instance) started for this
+/// invocation, with its start-up time (a worker's spawn to its first
+/// `next`; an instance's instantiation).
+pub(crate) fn server_timing(
+    queue: Duration,
+    run: Duration,
+    total: Duration,
+    cold: Option<Duration>,
+) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut s = format!(
         "queue;dur={:.3}, run;dur={:.3}, total;dur={:.3}",
@@ -133,8 +140,11 @@ pub(crate) fn server_timing(queue: Duration, run: Duration, total: Duration, col
         ms(run),
         ms(total)
     );
-    if cold {
-        s.push_str(", cold");
+    match cold {
+        // A command's process start is not measured apart from its run.
+        Some(init) if init.is_zero() => s.push_str(", cold"),
+        Some(init) => s.push_str(&format!(", cold;dur={:.3}", ms(init))),
+        None => {}
     }
     s
 }
@@ -213,8 +223,20 @@ mod tests {
             Duration::from_micros(10),
             Duration::from_millis(2),
             Duration::from_millis(3),
-            true,
+            Some(Duration::ZERO),
         );
         assert_eq!(t, "queue;dur=0.010, run;dur=2.000, total;dur=3.000, cold");
+        let t = server_timing(
+            Duration::ZERO,
+            Duration::from_millis(2),
+            Duration::from_millis(3),
+            Some(Duration::from_micros(45)),
+        );
+        assert_eq!(
+            t,
+            "queue;dur=0.000, run;dur=2.000, total;dur=3.000, cold;dur=0.045"
+        );
+        let t = server_timing(Duration::ZERO, Duration::ZERO, Duration::ZERO, None);
+        assert_eq!(t, "queue;dur=0.000, run;dur=0.000, total;dur=0.000");
     }
 }

@@ -684,7 +684,7 @@ pub(crate) async fn execute(
         admission_wait + out.timing.queued,
         out.timing.run,
         started.elapsed(),
-        out.timing.cold_start,
+        out.timing.cold_start.then_some(out.timing.init),
     );
     // Digits, letters and `;=,.` only: always a valid header value.
     let timing = HeaderValue::try_from(timing)

@@ -41,10 +41,10 @@ async fn start(path: &Path) -> Fleet {
     Fleet::start(Arc::new(topo), &all).await.unwrap()
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     head: String,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -58,7 +58,7 @@ impl Reply {
 }
 
 /// One HTTP/1.0 request (the server closes after answering).
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -93,7 +93,7 @@ async fn http(
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Reply {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Reply {
     http(addr, "GET", path, &[], b"").await
 }
 

@@ -234,12 +234,67 @@ fn executor_command_not_found() {
 }
 
 #[test]
+fn wasm_executors_need_a_component_file_and_host_port_destinations() {
+    let wasm = |exec: &str, extra: &str| {
+        format!("{HEAD}{EDGES}\n[[function]]\nname = \"w\"\nexecutor = {{ {exec} }}\n{extra}\n")
+    };
+    check_errors(
+        &wasm("kind = \"wasm\"", ""),
+        &["executor.component: a wasm executor needs a component"],
+    );
+    check_errors(
+        &wasm("kind = \"wasm\", component = \"nope.wasm\"", ""),
+        &["cannot read component"],
+    );
+    check_errors(
+        &wasm(
+            "kind = \"wasm\", command = [\"cat\"], component = \"x.wasm\"",
+            "",
+        ),
+        &[
+            "a wasm executor runs a component, not a command",
+            "cannot read component",
+        ],
+    );
+    check_errors(
+        &wasm(
+            "kind = \"command\", command = [\"cat\"], component = \"x.wasm\"",
+            "allow_outbound = [\"example.com:443\"]",
+        ),
+        &[
+            "component is for kind = \"wasm\"",
+            "allow_outbound applies to wasm functions only",
+        ],
+    );
+    check_errors(&wasm("kind = \"lambda\"", ""), &["needs a command"]);
+    // The file's bytes decide: a core module, or not WebAssembly at all.
+    let (dir, _, _) = load(HEAD);
+    for (bytes, why) in [
+        (
+            &b"\0asm\x01\0\0\0"[..],
+            "a core WebAssembly module, not a component",
+        ),
+        (&b"#!/bin/sh\n"[..], "not WebAssembly"),
+    ] {
+        let file = dir.path().join("f.wasm");
+        std::fs::write(&file, bytes).unwrap();
+        check_errors(
+            &wasm(
+                &format!("kind = \"wasm\", component = \"{}\"", file.display()),
+                "allow_outbound = [\"api.example.com:443\", \"nope\", \"h:0\"]",
+            ),
+            &[why, "\"nope\" is not host:port", "\"h:0\" is not host:port"],
+        );
+    }
+}
+
+#[test]
 fn every_error_is_reported() {
     let edges = EDGES
         .replace("lat = 40.71", "lat = 99.0")
         .replace("name = \"nyc\"", "name = \"fra\"");
     let funcs = format!(
-        "{ECHO}{}\n[[function]]\nname = \"x\"\nedges = [\"ams\"]\nexecutor = {{ kind = \"wasm\", command = [\"cat\"] }}\n",
+        "{ECHO}{}\n[[function]]\nname = \"x\"\nedges = [\"ams\"]\nexecutor = {{ kind = \"wasmer\", command = [\"cat\"] }}\n",
         ECHO.replace("\"cat\"", "\"nope-xyz\"")
     );
     let head = HEAD.replace("fn.test.", "bad..zone");
@@ -252,7 +307,7 @@ fn every_error_is_reported() {
             "duplicate function name",
             "cannot be found",
             "unknown edge \"ams\"",
-            "unknown executor kind \"wasm\"",
+            "unknown executor kind \"wasmer\"",
         ],
     );
     // In file order.

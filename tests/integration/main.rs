@@ -20,4 +20,5 @@ mod qpack;
 mod reload;
 mod routing;
 mod topo;
+mod wasm;
 mod web;

@@ -14,21 +14,21 @@ use tokio::net::TcpStream;
 use crate::harness::{start, Opts, TestEdge};
 
 /// What curl saw: status, lower-case headers, body, HTTP version.
-struct Curl {
-    status: u16,
+pub(crate) struct Curl {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     version: String,
 }
 
 impl Curl {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
@@ -36,7 +36,7 @@ impl Curl {
 
 /// Runs curl against `edge`'s TCP listener as `host`, trusting the edge's
 /// development certificate. `args` are curl's (method, data, headers).
-fn curl(edge: &TestEdge, proto: &str, host: &str, path: &str, args: &[&str]) -> Curl {
+pub(crate) fn curl(edge: &TestEdge, proto: &str, host: &str, path: &str, args: &[&str]) -> Curl {
     let port = edge.tcp.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let (head, body) = (dir.path().join("head"), dir.path().join("body"));
