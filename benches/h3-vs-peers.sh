@@ -15,7 +15,12 @@
 #   CACHE_TTL=3600 ONLY="fnroute h3-echo" benches/h3-vs-peers.sh   # cache hits: FN gets a cache policy and
 #                                                 # h3load sends one body, so all but the first request hit
 #   EXEC=lambda WORKERS_EXTRA="16 32" benches/h3-vs-peers.sh   # + the same function with max 16 / 32 workers (c4x64 only)
+#   EXEC=wasm benches/h3-vs-peers.sh              # a wasi:http component echoing the body (tests/wasm/echo.wat),
+#                                                 # a fresh instance per request, in-process on Wasmtime
 #
+# EXEC=wasm: FN is `kind = "wasm"` running tests/wasm/echo.wat, made binary by
+#   `cargo run --release --example wat2wasm`, with concurrency = { max = $WASM_MAX (256) } instances at once and
+#   [executors] queue = $QUEUE; it answers 200 with the request body, like the echo peers.
 # Env: PEERS_DIR (/tmp/fnroute-peers: a copy of ../shared/bench and ../shared/tools, see its README)
 #      FN (bench: a `command` function running `cat`, i.e. one process spawn per request)
 #      EXEC (command | lambda). lambda: FN is `kind = "lambda"` running target/release/examples/lambda_echo
@@ -54,6 +59,7 @@ FN=${FN:-bench}
 EXEC=${EXEC:-command}
 WORKERS=${WORKERS:-8} MIN_WORKERS=${MIN_WORKERS:-2} QUEUE=${QUEUE:-1024} WORKERS_EXTRA=${WORKERS_EXTRA:-}
 FN_PORT=${FN_PORT:-4440}
+WASM_MAX=${WASM_MAX:-256}
 CACHE_LINE=${CACHE_TTL:+"cache = { ttl_s = $CACHE_TTL }"}
 DUR=${DUR:-10s}
 BODY=${BODY:-256}
@@ -113,7 +119,23 @@ admin_listen = "127.0.0.1:19199"
 capacity = 1024
 
 EOF
-  if [[ $EXEC == lambda ]]; then
+  if [[ $EXEC == wasm ]]; then
+    (cd "$ROOT" && cargo run --release -q --locked --example wat2wasm -- tests/wasm/echo.wat "$STATE/echo.wasm")
+    cat >>"$TOPOLOGY" <<EOF
+
+[executors]
+queue = $QUEUE
+queue_timeout_ms = 10000
+
+[[function]]
+name = "$FN"
+executor = { kind = "wasm", component = "$STATE/echo.wasm" }
+memory_mb = 32
+timeout_ms = 10000
+concurrency = { max = $WASM_MAX }
+$CACHE_LINE
+EOF
+  elif [[ $EXEC == lambda ]]; then
     cat >>"$TOPOLOGY" <<EOF
 
 [executors]

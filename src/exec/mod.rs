@@ -163,6 +163,15 @@ pub struct FunctionStats {
     pub retired: u64,
 }
 
+impl FunctionStats {
+    /// Mean cold-start time (a worker's spawn to its first `next`; a wasm
+    /// instance's instantiation), if there was one.
+    pub fn cold_start_mean(&self) -> Option<Duration> {
+        let n = u32::try_from(self.cold_starts).ok().filter(|&n| n > 0)?;
+        Some(self.cold_start_total / n)
+    }
+}
+
 /// One metered invocation (emitted to the log as `fnroute::metering`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MeterRecord {
