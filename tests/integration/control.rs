@@ -128,8 +128,14 @@ executor = {{ kind = "command", command = ["sh", "-c", "cat >/dev/null; echo {ve
 name = "app"
 bundle = "app"
 executor = {{ kind = "command", command = ["sh", "run.sh"] }}
+
+[[function]]
+name = "hw"
+executor = {{ kind = "wasm", component = "hello.wasm" }}
 "#
     );
+    // A wasm component outside a bundle: shipped as its own artifact.
+    std::fs::copy(crate::wasm::fixture("hello"), dir.join("hello.wasm")).unwrap();
     let path = write_topology(dir, p, "");
     let text = std::fs::read_to_string(&path).unwrap() + &extra;
     std::fs::write(&path, text).unwrap();
@@ -300,6 +306,7 @@ async fn deploy_once_and_every_edge_serves_it() {
     let mut edges = Edges::start(d, &nats, &trust);
     until_all(&p, "ver", "v1", Duration::from_secs(30)).await;
     until_all(&p, "app", "bundle-v1", Duration::from_secs(5)).await;
+    until_all(&p, "hw", "hello from wasm", Duration::from_secs(5)).await;
 
     // v2: new code in the bundle and the command, applied live.
     let r2 = revision(&deploy(&nats, &topology(&src, &p, "v2"), &key));

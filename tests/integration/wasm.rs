@@ -18,7 +18,7 @@ use crate::web::curl;
 
 /// `tests/wasm/<name>.wat` as a binary component in a folder shared by the
 /// tests of this run; its absolute path.
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let out = dir.path().join(format!("{name}.wasm"));
@@ -398,5 +398,59 @@ async fn the_python_example_serves_its_url_with_only_the_topology_env() {
     let r = curl(&edge, "--http1.1", "pyout.fn.test", &target, &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, b"upstream");
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_drops_its_instance() {
+    let mut edge = start(Opts {
+        functions: wasm_fn(
+            "spin",
+            &fixture("loop"),
+            "timeout_ms = 30000\nconcurrency = { max = 1 }",
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let admin = edge.fleet.as_ref().expect("fleet").admin[0];
+    let busy = || async {
+        let s: serde_json::Value =
+            serde_json::from_slice(&crate::admin::get(admin, "/status").await.body)
+                .expect("status");
+        s["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == "spin"))
+            .map(|f| f["pools"]["fra"]["busy"].clone())
+            .unwrap_or_default()
+    };
+    for proto in ["--http1.1", "--http2"] {
+        // curl gives up after half a second, 29.5 s before the deadline.
+        let out = Command::new("curl")
+            .args(["-sk", proto, "--max-time", "0.5", "--data", "x"])
+            .arg(format!("https://127.0.0.1:{}/fn/spin", edge.tcp.port()))
+            .output()
+            .expect("curl runs");
+        assert_eq!(out.status.code(), Some(28), "{proto}: curl timed out");
+        let until = Instant::now() + Duration::from_secs(5);
+        while busy().await != 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            busy().await,
+            0,
+            "{proto}: the instance is gone, its slot free"
+        );
+    }
+    // The one slot is free: the next call is admitted (not refused as
+    // saturated) and loops.
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.invoke("spin", Bytes::from_static(b"x")),
+    )
+    .await;
+    assert!(r.is_err(), "answered after {:?}: {r:?}", t.elapsed());
     edge.shutdown().await;
 }
