@@ -71,6 +71,7 @@ for w in $WORKERS_EXTRA; do ONLY="$ONLY fnroute-w$w"; done
 H3_ECHO_PORT=4502 CADDY_PROXY_PORT=4434 CADDY_PROXY_KA_PORT=4435 BACKEND_PORT=8081
 
 mkdir -p "$STATE/logs"
+STATE=$(cd "$STATE" && pwd)   # absolute: the generated topology names files under it
 log() { echo "[$(date +%T)] $*" >&2; }
 
 # ------------------------------------------------------------------ prerequisites
