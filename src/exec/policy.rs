@@ -146,7 +146,8 @@ pub(crate) const CACHE_CONTROL_LINE: &str = "fnroute-cache-control:";
 impl Tail {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            buf: std::collections::VecDeque::with_capacity(cap.min(4096)),
+            // Grows with what is written: most invocations write nothing.
+            buf: std::collections::VecDeque::new(),
             cap,
             cache_control: None,
         }

@@ -54,7 +54,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::config::{Function, Interface, Topology};
+use crate::config::{Function, FunctionName, Interface, Topology};
 
 use super::gate::Gate;
 use super::policy::Tail;
@@ -515,16 +515,18 @@ impl WasmPool {
         request_id: &str,
         stderr: &Arc<Mutex<Tail>>,
     ) -> Store<Host> {
+        // One allocation for the id, shared by both streams.
+        let request_id: Arc<str> = request_id.into();
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .stdout(LogStream::new(&self.f.name, "stdout", request_id, None))
+            .stdout(LogStream::new(&self.f.name, "stdout", &request_id, None))
             .stderr(LogStream::new(
                 &self.f.name,
                 "stderr",
-                request_id,
+                &request_id,
                 Some(stderr.clone()),
             ));
         let mut table = ResourceTable::new();
@@ -1036,7 +1038,7 @@ fn outbound_tls() -> Option<Arc<rustls::ClientConfig>> {
 /// A guest's stdout or stderr: each line to the log (`fnroute::function`),
 /// cut at [`LOG_LINE`] bytes.
 struct LogStream {
-    function: Arc<str>,
+    function: FunctionName,
     stream: &'static str,
     request_id: Arc<str>,
     /// Where stderr's last lines are kept for an error message.
@@ -1045,15 +1047,15 @@ struct LogStream {
 
 impl LogStream {
     fn new(
-        function: &str,
+        function: &FunctionName,
         stream: &'static str,
-        request_id: &str,
+        request_id: &Arc<str>,
         tail: Option<Arc<Mutex<Tail>>>,
     ) -> Self {
         Self {
-            function: function.into(),
+            function: function.clone(),
             stream,
-            request_id: request_id.into(),
+            request_id: request_id.clone(),
             tail,
         }
     }
@@ -1078,7 +1080,7 @@ impl wasmtime_wasi::cli::StdoutStream for LogStream {
 }
 
 struct LineWriter {
-    function: Arc<str>,
+    function: FunctionName,
     stream: &'static str,
     request_id: Arc<str>,
     tail: Option<Arc<Mutex<Tail>>>,
