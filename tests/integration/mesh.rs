@@ -401,6 +401,26 @@ async fn forwards_to_the_only_host_and_names_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_function_is_forwarded_to_the_edge_that_hosts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ports();
+    let mut edit = TopoEdit::open("edge-config/three-edges.toml");
+    edit.append(&format!(
+        "\n[[function]]\nname = \"tiny\"\nedges = [\"sin\"]\nexecutor = {{ kind = \"wasm\", component = \"{}\" }}\n",
+        crate::wasm::fixture("hello").display()
+    ));
+    let t = Arc::new(test_fleet(&mut edit, dir.path(), &p));
+    let fleet = Fleet::start(t, &[0, 1, 2]).await.expect("fleet starts");
+    let c = client();
+    // Only sin instantiates it; fra forwards over the mesh.
+    let (status, edge) = invoke_once(&c, quic(0, &p), "tiny", "{}")
+        .await
+        .expect("invoke");
+    assert_eq!((status, edge.as_str()), (200, "sin"));
+    fleet.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_guards_health_and_internal_headers() {
     let dir = tempfile::tempdir().unwrap();
     let (p, t, fleet) = start_three(dir.path()).await;
