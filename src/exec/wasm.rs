@@ -47,7 +47,7 @@ use wasmtime::{
     StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{
@@ -479,8 +479,8 @@ impl WasmPool {
             Ok(Ok(Ok(resp))) => resp,
             Ok(Ok(Err(code))) => {
                 return Err(ExecError::Crashed(format!(
-                    "the component answered with error {}",
-                    describe_code(&code)
+                    "the component answered with error {:?}",
+                    code
                 )))
             }
             // The store went away before a response was set: the call's
@@ -604,10 +604,6 @@ fn trap_message(e: &wasmtime::Error) -> String {
         Some(t) => t.to_string(),
         None => e.root_cause().to_string(),
     }
-}
-
-fn describe_code(code: &ErrorCode) -> String {
-    format!("{code:?}")
 }
 
 /// The guest task, aborted when dropped.

@@ -108,6 +108,18 @@ fn fnroute() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fnroute"))
 }
 
+/// Runs `cmd`, which must exit 0 (else the test fails with its stderr),
+/// and returns its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("fnroute runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The topology of `write_topology` plus a command function `ver` and a
 /// function `app` whose code is a bundle, both answering `version`.
 fn topology(dir: &Path, p: &Ports, version: &str) -> PathBuf {
@@ -268,16 +280,7 @@ async fn until_all(p: &Ports, function: &str, want: &str, limit: Duration) -> Du
 }
 
 fn status(nats: &Nats) -> String {
-    let out = fnroute()
-        .args(["control", "status", "--control", &nats.url])
-        .output()
-        .expect("fnroute control status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(fnroute().args(["control", "status", "--control", &nats.url]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,16 +289,7 @@ async fn deploy_once_and_every_edge_serves_it() {
     let d = dir.path();
     let mut nats = Nats::start(&d.join("nats"), None);
     let key = d.join("fleet.key");
-    let out = fnroute()
-        .args(["control", "keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(fnroute().args(["control", "keygen", "--out"]).arg(&key));
     let trust = d.join("fleet.key.pub");
     let p = ports();
 
@@ -319,21 +313,13 @@ async fn deploy_once_and_every_edge_serves_it() {
     assert_eq!(current, 3, "{s}");
 
     // Rollback: v1's topology again, as the newest revision.
-    let out = fnroute()
-        .args([
-            "control",
-            "rollback",
-            "--control",
-            &nats.url,
-            &r1.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(fnroute().args([
+        "control",
+        "rollback",
+        "--control",
+        &nats.url,
+        &r1.to_string(),
+    ]));
     until_all(&p, "ver", "v1", Duration::from_secs(10)).await;
     until_all(&p, "app", "bundle-v1", Duration::from_secs(5)).await;
 
@@ -563,17 +549,12 @@ async fn nats_with_user_password_and_tls() {
         "{}",
         String::from_utf8_lossy(&no_ca.stderr)
     );
-    let out = fnroute()
-        .args(["control", "status", "--control"])
-        .arg(format!("nats://deployer:s3cret@127.0.0.1:{port}"))
-        .arg("--control-tls-ca")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        fnroute()
+            .args(["control", "status", "--control"])
+            .arg(format!("nats://deployer:s3cret@127.0.0.1:{port}"))
+            .arg("--control-tls-ca")
+            .arg(&cert),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("current revision"));
+    assert!(stdout.contains("current revision"), "{stdout}");
 }
