@@ -71,6 +71,8 @@ pub(crate) const METERING_LOG_DROPPED: &str = "fnroute_metering_log_dropped_tota
 pub(crate) const TCP_REFUSED: &str = "fnroute_tcp_connections_refused_total";
 pub(crate) const CONTROL_REVISION: &str = "fnroute_control_revision";
 pub(crate) const CONTROL_REFUSED: &str = "fnroute_control_revisions_refused_total";
+pub const STREAM_ENDS: &str = "fnroute_stream_ends_total";
+pub const STREAM_BYTES: &str = "fnroute_stream_bytes_total";
 
 /// Upper bounds (seconds) of the invocation latency buckets: 1 ms to 30 s.
 pub(crate) const INVOCATION_BUCKETS: &[f64] = &[
@@ -209,6 +211,15 @@ pub(crate) fn control_refused(edge: &str) {
 // ---- HTTPS over TCP ---------------------------------------------------------
 
 /// A TCP connection closed on accept because `tcp.max_connections` were open.
+/// One streamed response ended (`end`: complete, client_gone,
+/// function_error, crashed, timeout, idle, too_large, upstream_reset, lost,
+/// shutting_down) after `bytes` bytes.
+pub(crate) fn stream_end(edge: &str, function: &str, end: &'static str, bytes: u64) {
+    let (e, f) = (name(edge), name(function));
+    ::metrics::counter!(STREAM_ENDS, "edge" => e, "function" => f, "end" => end).increment(1);
+    ::metrics::counter!(STREAM_BYTES, "edge" => e, "function" => f).increment(bytes);
+}
+
 pub(crate) fn tcp_refused(edge: &str) {
     ::metrics::counter!(TCP_REFUSED, "edge" => name(edge)).increment(1);
 }
@@ -482,6 +493,14 @@ fn describe() {
     describe_counter!(
         INVOCATIONS,
         "Invocations accepted, by function, outcome and path (local or forwarded)"
+    );
+    describe_counter!(
+        STREAM_ENDS,
+        "Streamed responses by how they ended (complete, client_gone, function_error, crashed, timeout, idle, too_large, upstream_reset, lost, shutting_down)"
+    );
+    describe_counter!(
+        STREAM_BYTES,
+        "Bytes of streamed responses this edge passed on"
     );
     describe_counter!(
         ROUTES,

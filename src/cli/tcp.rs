@@ -255,6 +255,7 @@ async fn exchange(
         status: parts.status.as_u16(),
         headers: parts.headers,
         body,
+        stream: None,
     })
 }
 

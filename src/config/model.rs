@@ -311,10 +311,29 @@ pub struct Function {
     /// `allow_outbound` (wasm): `host:port`s, lower case, that its outgoing
     /// HTTP requests may reach; empty: none.
     pub(crate) allow_outbound: Vec<String>,
+    /// `streaming = true`: its responses stream (with these limits).
+    pub(crate) streaming: Option<StreamSettings>,
     /// `config::function_version` of this definition, computed once when
     /// the topology is loaded (a SHA-256 over the definition: too dear to
     /// redo on every cached request). Part of every cache key.
     pub(crate) cache_version: u64,
+}
+
+/// The limits of a streaming function's responses (besides `timeout_ms`,
+/// which covers the whole stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamSettings {
+    /// `stream_idle_ms`: the longest gap between two chunks.
+    pub(crate) idle: Duration,
+    /// `max_stream_bytes`: the most bytes of one response.
+    pub(crate) max_bytes: u64,
+}
+
+impl StreamSettings {
+    /// 30 s between chunks (SSE keep-alives are usually 15 s).
+    pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+    /// 200 MiB, as AWS Lambda's streamed responses.
+    pub(crate) const DEFAULT_MAX_BYTES: u64 = 200 * 1024 * 1024;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

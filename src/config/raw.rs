@@ -209,6 +209,12 @@ pub(crate) struct RawFunction {
     pub(crate) bundle: Option<Spanned<String>>,
     /// `wasm` only: the `host:port`s its outgoing HTTP requests may reach.
     pub(crate) allow_outbound: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Stream the response as the function produces it.
+    pub(crate) streaming: Option<Spanned<bool>>,
+    /// Streaming only: the longest gap between chunks, in milliseconds.
+    pub(crate) stream_idle_ms: Option<Spanned<u64>>,
+    /// Streaming only: the most bytes one response may stream.
+    pub(crate) max_stream_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -121,6 +121,7 @@ pub(crate) fn same_definition(a: &Function, b: &Function) -> bool {
         && a.idempotent == b.idempotent
         && a.gatekeeper == b.gatekeeper
         && a.allow_outbound == b.allow_outbound
+        && a.streaming == b.streaming
 }
 
 /// Names of functions added, changed (in definition, not placement) and

@@ -1084,12 +1084,77 @@ fn check_functions(
             cors: check_cors(cx, f, &key),
             bundle,
             allow_outbound: check_outbound(cx, f, &key),
+            streaming: check_streaming(cx, f, &key),
             cache_version: 0,
         };
         function.cache_version = super::function_version(&function);
         out.push(function);
     }
     out
+}
+
+/// `streaming`, `stream_idle_ms` and `max_stream_bytes`.
+fn check_streaming(cx: &mut Ctx<'_>, f: &RawFunction, key: &str) -> Option<StreamSettings> {
+    let on = f.streaming.as_ref().is_some_and(|s| *s.get_ref());
+    if !on {
+        for (field, span) in [
+            (
+                "stream_idle_ms",
+                f.stream_idle_ms.as_ref().map(|s| s.span()),
+            ),
+            (
+                "max_stream_bytes",
+                f.max_stream_bytes.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let Some(span) = span {
+                cx.err(
+                    Some(span),
+                    format!("{key}.{field}"),
+                    format!("{field} applies to streaming functions only"),
+                    Some("add `streaming = true`, or remove it".into()),
+                );
+            }
+        }
+        return None;
+    }
+    if f.gatekeeper {
+        if let Some(s) = &f.streaming {
+            cx.err(
+                Some(s.span()),
+                format!("{key}.streaming"),
+                "a gatekeeper cannot stream: its whole output is the route it pushes",
+                Some("remove `streaming = true` or `gatekeeper = true`".into()),
+            );
+        }
+    }
+    let idle = match &f.stream_idle_ms {
+        Some(ms) if !(1..=900_000).contains(ms.get_ref()) => {
+            cx.err(
+                Some(ms.span()),
+                format!("{key}.stream_idle_ms"),
+                format!("stream_idle_ms = {} is out of range", ms.get_ref()),
+                Some("give between 1 ms and 15 minutes (900000)".into()),
+            );
+            StreamSettings::DEFAULT_IDLE
+        }
+        Some(ms) => Duration::from_millis(*ms.get_ref()),
+        None => StreamSettings::DEFAULT_IDLE,
+    };
+    let max_bytes = match &f.max_stream_bytes {
+        Some(b) if *b.get_ref() == 0 => {
+            cx.err(
+                Some(b.span()),
+                format!("{key}.max_stream_bytes"),
+                "max_stream_bytes = 0 streams nothing",
+                Some("give a size in bytes, e.g. 209715200 (200 MiB, the default)".into()),
+            );
+            StreamSettings::DEFAULT_MAX_BYTES
+        }
+        Some(b) => *b.get_ref(),
+        None => StreamSettings::DEFAULT_MAX_BYTES,
+    };
+    Some(StreamSettings { idle, max_bytes })
 }
 
 /// `allow_outbound`: `host:port` items, for wasm functions only.

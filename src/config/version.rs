@@ -38,6 +38,8 @@ pub(crate) fn function_version(f: &Function) -> u64 {
         bundle: _,
         // Where its requests may go, not what it answers.
         allow_outbound: _,
+        // How the bytes travel, not what they are.
+        streaming: _,
         // The digest itself (what this computes).
         cache_version: _,
     } = f;

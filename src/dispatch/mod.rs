@@ -421,7 +421,7 @@ impl Dispatcher {
             .as_millis()
             .max(1);
         let req = peer_request(fwd, remaining);
-        let sent = tokio::time::timeout_at(deadline, conn.send(req)).await;
+        let sent = tokio::time::timeout_at(deadline, conn.send_streaming(req)).await;
         if !half_rtt.is_zero() && sent.as_ref().is_ok_and(|r| r.is_ok()) {
             tokio::time::sleep(half_rtt.min(deadline.saturating_duration_since(Instant::now())))
                 .await;

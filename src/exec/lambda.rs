@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Function, Topology};
+use crate::pipeline::body::{self, BodyStream};
 
 use super::policy::{self, Route};
 use super::process::{self, Group};
@@ -130,10 +131,22 @@ impl LambdaPool {
             self.spawn_worker();
         }
         let outcome = self.wait(seq, &mut rx, now, deadline).await?;
-        let reply = outcome.result?;
+        let mut reply = outcome.result?;
+        let mut content_type = reply.content_type.take();
+        let stream = match reply.stream.take() {
+            Some(s) => Some(self.streamed(s, &mut content_type, deadline).await?),
+            None => None,
+        };
+        // A worker may stream though its function is not `streaming`:
+        // then the result is buffered, as Lambda buffers it.
+        let (body, stream) = match stream {
+            Some(s) if self.f.streaming.is_none() => (self.buffered(s, deadline).await?, None),
+            s => (reply.body, s),
+        };
         Ok(Output {
-            body: reply.body,
-            content_type: reply.content_type,
+            body,
+            stream,
+            content_type,
             cache_control: None,
             timing: Timing {
                 queued: outcome.queued,
@@ -142,6 +155,99 @@ impl LambdaPool {
                 init: outcome.init.unwrap_or_default(),
             },
         })
+    }
+
+    /// A streamed response as the pipeline takes it. With Lambda's
+    /// function URL prelude (its content type says so): an `http`
+    /// function's stream keeps it (the front door makes it the head); an
+    /// event function's loses it, and its `content-type` becomes the
+    /// response's. Without one, an `http` function gets a prelude made of
+    /// the POST's content type.
+    async fn streamed(
+        &self,
+        mut s: BodyStream,
+        content_type: &mut Option<String>,
+        deadline: Instant,
+    ) -> Result<BodyStream, ExecError> {
+        use crate::pipeline::function_url::{self, PRELUDE_CONTENT_TYPE};
+        let has_prelude = content_type
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case(PRELUDE_CONTENT_TYPE));
+        let http = self.f.interface == crate::config::Interface::Http;
+        if !has_prelude {
+            if http {
+                let mut h = http::HeaderMap::new();
+                if let Some(v) = content_type
+                    .as_deref()
+                    .and_then(|c| http::HeaderValue::from_str(c).ok())
+                {
+                    h.insert(http::header::CONTENT_TYPE, v);
+                }
+                s.unread(Bytes::from(function_url::prelude_bytes(StatusCode::OK, &h)));
+            }
+            return Ok(s);
+        }
+        if http {
+            return Ok(s);
+        }
+        let malformed = |m: String| ExecError::Function {
+            error_type: "Function.ResponseMalformed".into(),
+            message: m,
+        };
+        let json = match timeout_at(deadline, s.read_prelude()).await {
+            Ok(Ok(j)) => j,
+            Ok(Err(e)) => return Err(malformed(e.to_string())),
+            Err(_) => return Err(ExecError::Timeout(self.f.timeout)),
+        };
+        let (_, headers) = function_url::prelude(&json).map_err(|e| malformed(e.to_string()))?;
+        *content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(s)
+    }
+
+    /// A streamed response read whole (up to the buffered limit). An
+    /// `http` function's prelude and body become the function URL result
+    /// they describe.
+    async fn buffered(&self, mut s: BodyStream, deadline: Instant) -> Result<Bytes, ExecError> {
+        use crate::pipeline::function_url;
+        let failed = |e: crate::pipeline::body::StreamError| match e {
+            crate::pipeline::body::StreamError::Function {
+                error_type,
+                message,
+            } => ExecError::Function {
+                error_type,
+                message,
+            },
+            crate::pipeline::body::StreamError::TooLarge(_) => ExecError::Function {
+                error_type: "Function.ResponseSizeTooLarge".into(),
+                message: format!("response is larger than {MAX_RESULT_BYTES} bytes"),
+            },
+            e => ExecError::Crashed(e.to_string()),
+        };
+        let read = async {
+            if self.f.interface != crate::config::Interface::Http {
+                return s.collect(MAX_RESULT_BYTES).await.map_err(failed);
+            }
+            let json = s.read_prelude().await.map_err(|e| ExecError::Function {
+                error_type: "Function.ResponseMalformed".into(),
+                message: e.to_string(),
+            })?;
+            let body = s.collect(MAX_RESULT_BYTES).await.map_err(failed)?;
+            let (status, headers) =
+                function_url::prelude(&json).map_err(|e| ExecError::Function {
+                    error_type: "Function.ResponseMalformed".into(),
+                    message: e.to_string(),
+                })?;
+            Ok(Bytes::from(function_url::result_json(
+                status, &headers, &body,
+            )))
+        };
+        match timeout_at(deadline, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ExecError::Timeout(self.f.timeout)),
+        }
     }
 
     /// Waits for job `seq`'s outcome. Waiting past `queue_timeout` is
@@ -374,6 +480,7 @@ impl LambdaPool {
                     init_failed: false,
                     served: 0,
                     last_request: "-".to_string(),
+                    cancelled: false,
                 },
             );
         }
@@ -469,6 +576,7 @@ impl LambdaPool {
                     self.name, r.data.request_id
                 )),
                 Exit::Deadline => ExecError::Timeout(now.saturating_duration_since(r.enqueued)),
+                Exit::Cancelled => ExecError::Internal("stream cancelled".into()),
                 Exit::Retired | Exit::Stopped => ExecError::ShuttingDown,
             };
             self.finish(r, Err(error), now);
@@ -506,7 +614,11 @@ impl LambdaPool {
             tokio::select! {
                 status = proc.child.wait() => return Exit::Died(status.ok()),
                 () = self.stop.cancelled() => return Exit::Stopped,
-                () = notified => {}
+                () = notified => {
+                    if self.lock().slots.get(&id).is_some_and(|s| s.cancelled) {
+                        return Exit::Cancelled;
+                    }
+                }
                 () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     if self.past_deadline(id, Instant::now()) {
                         return Exit::Deadline;
@@ -548,7 +660,7 @@ impl LambdaPool {
                     backoff = Some(delay);
                 }
             }
-            Exit::Deadline => st.stats.kills += 1,
+            Exit::Deadline | Exit::Cancelled => st.stats.kills += 1,
             Exit::Retired | Exit::Stopped => {}
         }
         let spawns = self.plan_spawns(&mut st, now);
@@ -567,6 +679,9 @@ impl LambdaPool {
             }
             Exit::Deadline => {
                 tracing::warn!(function = %self.name, worker = id, "worker killed at deadline")
+            }
+            Exit::Cancelled => {
+                tracing::info!(function = %self.name, worker = id, "worker stopped: its stream's client went away")
             }
             Exit::Retired => {
                 tracing::debug!(function = %self.name, worker = id, "idle worker retired")
@@ -600,12 +715,89 @@ impl LambdaPool {
         let run = now.saturating_duration_since(r.dispatched);
         self.meter
             .record(&self.f, &r.data.request_id, run, result.is_ok());
-        let _ = r.reply.send(Outcome {
-            result,
-            queued: r.dispatched.saturating_duration_since(r.enqueued),
-            run,
-            init: r.init,
-        });
+        if let Some(reply) = r.reply {
+            let _ = reply.send(Outcome {
+                result,
+                queued: r.dispatched.saturating_duration_since(r.enqueued),
+                run,
+                init: r.init,
+            });
+        }
+    }
+
+    /// A worker began a streamed response for `rid`: its caller gets the
+    /// stream now; the invocation stays on the worker (and under its
+    /// deadline) until [`LambdaPool::end_stream`].
+    fn begin_stream(&self, worker: u64, rid: &str, reply: Reply) -> StatusCode {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let Some(slot) = st.slots.get_mut(&worker) else {
+            return StatusCode::GONE;
+        };
+        let Some(r) = slot
+            .current
+            .as_mut()
+            .filter(|r| r.data.request_id == rid && r.reply.is_some())
+        else {
+            return StatusCode::BAD_REQUEST;
+        };
+        if let Some(tx) = r.reply.take() {
+            let _ = tx.send(Outcome {
+                result: Ok(reply),
+                queued: r.dispatched.saturating_duration_since(r.enqueued),
+                run: now.saturating_duration_since(r.dispatched),
+                init: r.init,
+            });
+        }
+        StatusCode::ACCEPTED
+    }
+
+    /// The streamed response of `rid` ended (`ok`: cleanly).
+    fn end_stream(&self, worker: u64, rid: &str, ok: bool) -> StatusCode {
+        let now = Instant::now();
+        let running = {
+            let mut st = self.lock();
+            let Some(slot) = st.slots.get_mut(&worker) else {
+                return StatusCode::GONE;
+            };
+            if slot
+                .current
+                .as_ref()
+                .is_none_or(|r| r.data.request_id != rid)
+            {
+                return StatusCode::BAD_REQUEST;
+            }
+            let running = slot.current.take();
+            slot.phase = Phase::Returning;
+            slot.wake.notify_one();
+            st.consecutive_crashes = 0;
+            running
+        };
+        if let Some(r) = running {
+            let result = if ok {
+                Ok(Reply::default())
+            } else {
+                Err(ExecError::Internal("stream aborted".into()))
+            };
+            self.finish(r, result, now);
+        }
+        StatusCode::ACCEPTED
+    }
+
+    /// The client of `rid`'s stream went away: the worker is stopped (and
+    /// replaced), which is the only way to stop a Lambda runtime mid-call.
+    fn cancel_stream(&self, worker: u64, rid: &str) {
+        let mut st = self.lock();
+        if let Some(slot) = st.slots.get_mut(&worker) {
+            if slot
+                .current
+                .as_ref()
+                .is_some_and(|r| r.data.request_id == rid)
+            {
+                slot.cancelled = true;
+                slot.wake.notify_one();
+            }
+        }
     }
 
     fn past_deadline(&self, id: u64, now: Instant) -> bool {
@@ -783,6 +975,8 @@ struct Slot {
     served: u64,
     /// The latest invocation handed to it (tags its log lines).
     last_request: String,
+    /// The client of its streamed response went away: stop it.
+    cancelled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -825,7 +1019,9 @@ struct Waiter {
 #[derive(Debug)]
 struct Running {
     data: JobData,
-    reply: oneshot::Sender<Outcome>,
+    /// Taken when the result is handed over (at its end, or at its first
+    /// byte for a streamed response).
+    reply: Option<oneshot::Sender<Outcome>>,
     enqueued: Instant,
     dispatched: Instant,
     /// Cold start: the worker's init time.
@@ -851,10 +1047,12 @@ impl Outcome {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Reply {
     body: Bytes,
     content_type: Option<String>,
+    /// A streamed response, from its first byte.
+    stream: Option<BodyStream>,
 }
 
 /// What became of a pool when one of its workers went.
@@ -873,6 +1071,8 @@ struct Settled {
 enum Exit {
     Died(Option<std::process::ExitStatus>),
     Deadline,
+    /// The client of its stream went away.
+    Cancelled,
     Retired,
     Stopped,
 }
@@ -932,7 +1132,7 @@ fn assign(
     slot.phase = Phase::Busy;
     slot.current = Some(Running {
         data: job.data.clone(),
-        reply: job.reply,
+        reply: Some(job.reply),
         enqueued: job.enqueued,
         dispatched: now,
         init,
@@ -1028,6 +1228,15 @@ fn peer_allowed(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> b
 async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (head, body) = req.into_parts();
     let path = head.uri.path();
+    if let Route::Response(rid) = policy::route(&head.method, path) {
+        let streaming = head
+            .headers
+            .get("lambda-runtime-function-response-mode")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"streaming"));
+        if streaming {
+            return status(stream_response(pool, worker, rid, &head.headers, body).await);
+        }
+    }
     // How much body the request may carry: none is read for `next` and
     // unknown paths.
     let limit = match policy::route(&head.method, path) {
@@ -1049,7 +1258,15 @@ async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Respo
             content_type,
         } => {
             let content_type = content_type.map(str::to_string);
-            status(pool.respond(worker, request_id, Ok(Reply { body, content_type })))
+            status(pool.respond(
+                worker,
+                request_id,
+                Ok(Reply {
+                    body,
+                    content_type,
+                    stream: None,
+                }),
+            ))
         }
         RuntimeRequest::Error {
             request_id,
@@ -1071,6 +1288,139 @@ async fn handle(pool: &LambdaPool, worker: u64, req: Request<Incoming>) -> Respo
             status(StatusCode::ACCEPTED)
         }
         RuntimeRequest::Unknown => plain(StatusCode::NOT_FOUND, "unknown runtime api path"),
+    }
+}
+
+/// `POST …/response` in streaming mode (`Lambda-Runtime-Function-Response-Mode:
+/// streaming`, chunked): the caller gets the stream at once, and each
+/// chunk as the worker sends it (hyper reads the socket only as fast as
+/// the stream is taken: a slow client slows the function). The end is
+/// the end of the chunked body; an error after the first byte is the
+/// trailers `Lambda-Runtime-Function-Error-Type` and `-Body` (base64), as
+/// AWS specifies. `lambda_runtime` (Rust, 1.x) sends the same two lines
+/// as a DATA chunk instead of trailers; from a runtime whose user agent
+/// says `aws-lambda-rust/`, a chunk that is exactly those lines is taken
+/// as the error too, or its client would see a complete body.
+async fn stream_response(
+    pool: &LambdaPool,
+    worker: u64,
+    rid: &str,
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+) -> StatusCode {
+    use crate::pipeline::body::StreamError;
+    let (tx, rx) = body::channel();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let rust_runtime = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|u| u.starts_with("aws-lambda-rust/"));
+    let reply = Reply {
+        body: Bytes::new(),
+        content_type,
+        stream: Some(rx),
+    };
+    let code = pool.begin_stream(worker, rid, reply);
+    if code != StatusCode::ACCEPTED {
+        return code;
+    }
+    let end = loop {
+        let frame = tokio::select! {
+            biased;
+            () = tx.closed() => break None,
+            f = body.frame() => f,
+        };
+        match frame {
+            None => break Some(Ok(())),
+            Some(Err(e)) => {
+                break Some(Err(StreamError::Crashed(format!(
+                    "reading the worker's stream: {e}"
+                ))))
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if rust_runtime {
+                        if let Some(e) = in_body_error(&data) {
+                            break Some(Err(e));
+                        }
+                    }
+                    if tx.send(data).await.is_err() {
+                        break None;
+                    }
+                }
+                Err(frame) => {
+                    if let Some(t) = frame.trailers_ref() {
+                        if let Some(e) = trailer_error(t) {
+                            break Some(Err(e));
+                        }
+                    }
+                }
+            },
+        }
+    };
+    match end {
+        Some(Ok(())) => {
+            tx.end().await;
+            pool.end_stream(worker, rid, true)
+        }
+        Some(Err(e)) => {
+            tracing::info!(function = %pool.name, req = %rid, error = %e, "function failed mid-stream");
+            tx.abort(e).await;
+            pool.end_stream(worker, rid, false)
+        }
+        None => {
+            pool.cancel_stream(worker, rid);
+            StatusCode::GONE
+        }
+    }
+}
+
+/// A mid-stream error in the trailers AWS specifies.
+fn trailer_error(t: &http::HeaderMap) -> Option<crate::pipeline::body::StreamError> {
+    let error_type = t
+        .get("lambda-runtime-function-error-type")?
+        .to_str()
+        .unwrap_or("Unhandled")
+        .to_string();
+    let body = t
+        .get("lambda-runtime-function-error-body")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    Some(stream_error(error_type, body))
+}
+
+/// `lambda_runtime`'s in-body form of the same error: a chunk that is
+/// exactly `Lambda-Runtime-Function-Error-Type: T\r\nLambda-Runtime-Function-Error-Body: B64\r\n`.
+fn in_body_error(data: &[u8]) -> Option<crate::pipeline::body::StreamError> {
+    let text = std::str::from_utf8(data).ok()?;
+    let rest = text.strip_prefix("Lambda-Runtime-Function-Error-Type: ")?;
+    let (error_type, rest) = rest.split_once("\r\n")?;
+    let b64 = rest
+        .strip_prefix("Lambda-Runtime-Function-Error-Body: ")?
+        .strip_suffix("\r\n")?;
+    if error_type.contains('\r') || error_type.contains('\n') || b64.contains('\n') {
+        return None;
+    }
+    Some(stream_error(error_type.to_string(), b64.as_bytes()))
+}
+
+/// The error of a stream: its message is the base64 body, decoded (the
+/// `errorMessage` of a JSON error document, as Node's runtime sends).
+fn stream_error(error_type: String, b64: &[u8]) -> crate::pipeline::body::StreamError {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim_ascii())
+        .unwrap_or_else(|_| b64.to_vec());
+    let (_, mut message) = parse_error(&decoded, None);
+    if message.is_empty() {
+        message = String::from_utf8_lossy(&decoded).into_owned();
+    }
+    crate::pipeline::body::StreamError::Function {
+        error_type,
+        message,
     }
 }
 

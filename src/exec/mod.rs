@@ -70,9 +70,13 @@ pub struct Invocation {
 }
 
 /// A function's successful result.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Output {
+    /// The whole result (empty when it streams).
     pub body: Bytes,
+    /// A streaming function's result, from its first byte on
+    /// (`streaming = true`); its end or abort comes through the stream.
+    pub(crate) stream: Option<crate::pipeline::body::BodyStream>,
     /// Content type the function set, if any.
     pub(crate) content_type: Option<String>,
     /// A `cache-control`-style value for this one result, when the function
@@ -228,14 +232,14 @@ struct PoolEntry {
     pool: Pool,
     stop: CancellationToken,
     /// Invocations inside this pool (for draining a replaced pool).
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
 enum Pool {
     Lambda(Arc<lambda::LambdaPool>),
-    Command(Box<command::CommandPool>),
-    Wasm(Box<wasm::WasmPool>),
+    Command(Arc<command::CommandPool>),
+    Wasm(Arc<wasm::WasmPool>),
 }
 
 /// What a reload did to the pools of one edge.
@@ -294,13 +298,13 @@ impl Executors {
                 stop.clone(),
                 self.tasks.clone(),
             )),
-            ExecutorKind::Command => Pool::Command(Box::new(command::CommandPool::new(
+            ExecutorKind::Command => Pool::Command(Arc::new(command::CommandPool::new(
                 f.clone(),
                 topology,
                 self.meter.clone(),
                 stop.clone(),
             ))),
-            ExecutorKind::Wasm => Pool::Wasm(Box::new(wasm::WasmPool::new(
+            ExecutorKind::Wasm => Pool::Wasm(Arc::new(wasm::WasmPool::new(
                 f.clone(),
                 topology,
                 self.meter.clone(),
@@ -311,7 +315,7 @@ impl Executors {
             function: ArcSwap::from_pointee(f.clone()),
             pool,
             stop,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -405,18 +409,27 @@ impl Executors {
             .get(name.as_str())
             .cloned()
             .ok_or_else(|| ExecError::UnknownFunction(inv.function.to_string()))?;
-        let _guard = InFlight::enter(&self.in_flight);
-        let _pool_guard = InFlight::enter(&entry.in_flight);
+        let guard = InFlight::enter(&self.in_flight);
+        let pool_guard = InFlight::enter(&entry.in_flight);
         let span = tracing::debug_span!("invoke", function = %name, req = %inv.request_id, edge = %self.edge_name);
         let result = match &entry.pool {
             Pool::Lambda(p) => p.invoke(inv).instrument(span).await,
             Pool::Command(p) => p.invoke(inv).instrument(span).await,
             Pool::Wasm(p) => p.invoke(inv).instrument(span).await,
         };
-        if let Err(error) = &result {
-            tracing::debug!(function = %name, %error, "invocation failed");
+        match result {
+            Err(error) => {
+                tracing::debug!(function = %name, %error, "invocation failed");
+                Err(error)
+            }
+            Ok(mut out) => {
+                // A stream is in flight until it ends: a drain waits for it.
+                if let Some(s) = out.stream.as_mut() {
+                    s.hold((guard, pool_guard));
+                }
+                Ok(out)
+            }
         }
-        result
     }
 
     /// Running plus queued invocations of `function`'s pool, if it has one
@@ -524,16 +537,16 @@ fn sanitize(inv: &mut Invocation) {
 }
 
 /// Counts an admitted invocation until dropped.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight(Arc<AtomicUsize>);
 
-impl<'a> InFlight<'a> {
-    fn enter(n: &'a AtomicUsize) -> Self {
+impl InFlight {
+    fn enter(n: &Arc<AtomicUsize>) -> Self {
         n.fetch_add(1, Ordering::AcqRel);
-        Self(n)
+        Self(n.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

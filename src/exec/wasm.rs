@@ -401,6 +401,7 @@ impl WasmPool {
         });
         Ok(Output {
             body: reply.body,
+            stream: None,
             content_type: reply.content_type,
             cache_control: reply.cache_control,
             timing: Timing {

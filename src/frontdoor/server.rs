@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::FrontdoorError;
 use crate::pipeline::limits::{self, Admit};
-use crate::pipeline::{self, BodyError, Call, Pipeline, RequestBody, Target};
+use crate::pipeline::{self, BodyError, Call, Pipeline, ReplyBody, RequestBody, Target};
 use crate::tls::{self, CertFiles};
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
@@ -489,14 +489,26 @@ async fn read_body(stream: &mut Stream, max: u64, deadline: Instant) -> Result<B
     }
 }
 
+/// Sends a response. A stream that fails after its head is reset
+/// (RESET_STREAM with `H3_INTERNAL_ERROR`), so the client can tell a cut
+/// body from a complete one; a client that stops reading (STOP_SENDING, a
+/// closed connection) fails the next `send_data`, and dropping the body
+/// stops the function.
 async fn send(
     stream: &mut Stream,
     head: Response<()>,
-    body: Bytes,
+    mut body: ReplyBody,
 ) -> Result<(), h3::error::StreamError> {
     stream.send_response(head).await?;
-    if !body.is_empty() {
-        stream.send_data(body).await?;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => stream.send_data(b).await?,
+            Err(e) => {
+                tracing::debug!(error = %e, "stream aborted; resetting it");
+                stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Ok(());
+            }
+        }
     }
     stream.finish().await
 }

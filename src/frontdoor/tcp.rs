@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +41,8 @@ use tracing::Instrument;
 
 use super::FrontdoorError;
 use crate::config::TcpSettings;
-use crate::pipeline::{self, BodyError, Call, Pipeline, RequestBody, Target};
+use crate::pipeline::body::BodyStream;
+use crate::pipeline::{self, BodyError, Call, Pipeline, ReplyBody, RequestBody, Target};
 use crate::tls::{self, CertFiles};
 
 /// How long in-flight requests may finish once the door drains.
@@ -270,7 +271,7 @@ async fn request(
     req: Request<Incoming>,
     remote: SocketAddr,
     h2: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<ReplyBody> {
     let started = Instant::now();
     let p = &shared.p;
     let (parts, body) = req.into_parts();
@@ -299,14 +300,24 @@ async fn request(
         // curl 7.88 report that reset as an error).
         body.drain(DRAIN_BODY_BYTES, Instant::now() + DRAIN_BODY_WAIT)
             .await;
-        let (head, bytes) = match result {
+        let (head, body) = match result {
             Ok(r) => r,
             Err(problem) => {
                 tracing::debug!(status = problem.status().as_u16(), detail = %problem.detail, "problem");
                 pipeline::problem_response(&p.edge_name, &call.id, &problem)
             }
         };
-        let mut resp = head.map(|()| Full::new(bytes));
+        let (head, body) = match body {
+            // HTTP/1.0 has no chunked encoding: a stream's end would be the
+            // connection's close, which an abort looks like too. Such a
+            // client gets the whole body (up to the buffered limit) or a
+            // problem, never a cut body that looks complete.
+            ReplyBody::Stream(s) if call.version == http::Version::HTTP_10 => {
+                whole_for_http10(p, &call, head, s).await
+            }
+            b => (head, b),
+        };
+        let mut resp = head.map(|()| body);
         if let Some(v) = &shared.alt_svc {
             resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
         }
@@ -314,6 +325,29 @@ async fn request(
     }
     .instrument(span)
     .await
+}
+
+/// A stream collected for an HTTP/1.0 client.
+async fn whole_for_http10(
+    p: &Pipeline,
+    call: &Call,
+    mut head: Response<()>,
+    mut s: BodyStream,
+) -> (Response<()>, ReplyBody) {
+    match s.collect(crate::exec::MAX_RESULT_BYTES).await {
+        Ok(b) => {
+            head.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, b.len().into());
+            (head, ReplyBody::full(b))
+        }
+        Err(e) => {
+            let problem = pipeline::Problem::new(
+                pipeline::ProblemKind::FunctionResponse,
+                format!("the streamed response could not be buffered for HTTP/1.0: {e}; use HTTP/1.1 or later"),
+            );
+            pipeline::problem_response(&p.edge_name, &call.id, &problem)
+        }
+    }
 }
 
 /// What is left of a request body answered without reading it is read

@@ -171,15 +171,35 @@ impl Request {
     }
 }
 
-/// A complete response.
-#[derive(Debug, Clone)]
+/// A response: whole, or (from [`Connection::send_streaming`]) a head
+/// whose body streams.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
+    /// The whole body (empty when it streams).
     pub body: Bytes,
+    /// The body as it arrives, when the peer streams it.
+    pub(crate) stream: Option<crate::pipeline::body::BodyStream>,
 }
 
 impl Reply {
+    /// Whether the body streams (read it with [`Reply::chunk`]).
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The next chunk of a streamed body as it arrives: `None` once the
+    /// sender finished it, `Err` if it was cut (reset) or lost. A whole
+    /// body comes as one chunk.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        match self.stream.as_mut() {
+            Some(s) => s.next().await.map(|r| r.map_err(|e| e.to_string())),
+            None => Some(Ok(std::mem::take(&mut self.body)))
+                .filter(|r| r.as_ref().is_ok_and(|b| !b.is_empty())),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -223,6 +243,21 @@ impl Connection {
     /// reading the body early (it answered already), the response is still
     /// read, as RFC 9114 section 4.1 asks.
     pub async fn send(&self, req: Request) -> Result<Reply, ClientError> {
+        self.exchange(req, false).await
+    }
+
+    /// Sends a request and returns at the response's head. A response
+    /// without `content-length` (a streamed one: every whole answer of an
+    /// edge carries one) comes with its body as a stream, relayed through
+    /// a bounded channel as it arrives (the relay never holds more than
+    /// the channel and QUIC's receive window); any other is read whole.
+    /// The stream ends cleanly only if the peer finished it; a reset is
+    /// an abort. Dropping the stream stops the peer (STOP_SENDING).
+    pub async fn send_streaming(&self, req: Request) -> Result<Reply, ClientError> {
+        self.exchange(req, true).await
+    }
+
+    async fn exchange(&self, req: Request, streaming: bool) -> Result<Reply, ClientError> {
         let uri = format!("https://{}{}", self.authority, req.path);
         let mut b = http::Request::builder().method(req.method).uri(uri);
         for (k, v) in &req.headers {
@@ -261,6 +296,14 @@ impl Connection {
                 return Err(ClientError::H3(e));
             }
         };
+        if streaming && !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
+            return Ok(Reply {
+                status: resp.status().as_u16(),
+                headers: resp.headers().clone(),
+                body: Bytes::new(),
+                stream: Some(relay(stream)),
+            });
+        }
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream
             .recv_data()
@@ -278,8 +321,38 @@ impl Connection {
             status: resp.status().as_u16(),
             headers: resp.headers().clone(),
             body: body.freeze(),
+            stream: None,
         })
     }
+}
+
+/// Relays a response body from a peer's stream into a [`BodyStream`].
+fn relay(
+    mut stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) -> crate::pipeline::body::BodyStream {
+    use crate::pipeline::body::{self, StreamError};
+    let (tx, rx) = body::channel();
+    tokio::spawn(async move {
+        loop {
+            let r = tokio::select! {
+                biased;
+                // Dropping the stream sends STOP_SENDING: the peer stops.
+                () = tx.closed() => return,
+                r = stream.recv_data() => r,
+            };
+            match r {
+                Ok(Some(mut chunk)) => {
+                    let b = chunk.copy_to_bytes(chunk.remaining());
+                    if tx.send(b).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return tx.end().await,
+                Err(e) => return tx.abort(StreamError::Upstream(e.to_string())).await,
+            }
+        }
+    });
+    rx
 }
 
 /// The answer of `resolve`: an address and, from an HTTPS record, a port.

@@ -470,7 +470,7 @@ pub(crate) fn response(result: &[u8]) -> Result<UrlResponse, UrlResponseError> {
         return Ok(inferred(result));
     };
     let status = status_code(status)?;
-    let mut headers = response_headers(obj.get("headers"))?;
+    let mut headers = response_headers(obj.get("headers"), false)?;
     response_cookies(obj.get("cookies"), &mut headers)?;
     let body = response_body(obj.get("body"), obj.get("isBase64Encoded"))?;
     if !headers.contains_key(header::CONTENT_TYPE) {
@@ -486,9 +486,107 @@ pub(crate) fn response(result: &[u8]) -> Result<UrlResponse, UrlResponseError> {
     })
 }
 
-/// The result's `headers` object (strings, numbers or booleans), less
-/// [`DROPPED_RESPONSE_HEADERS`].
-fn response_headers(headers: Option<&Value>) -> Result<HeaderMap, UrlResponseError> {
+/// The delimiter after a streamed response's prelude: eight NUL bytes.
+pub(crate) const PRELUDE_DELIMITER: [u8; 8] = [0; 8];
+/// The longest prelude read before its delimiter must have come.
+pub(crate) const MAX_PRELUDE: usize = 64 * 1024;
+/// The content type of a streamed response that starts with a prelude.
+pub(crate) const PRELUDE_CONTENT_TYPE: &str = "application/vnd.awslambda.http-integration-response";
+
+/// A streamed function URL response's prelude (Lambda's
+/// `MetadataPrelude`: `statusCode`, `headers`, `cookies`): its status and
+/// headers. Header values may also be arrays (several values), as
+/// `lambda_runtime` writes them; the content type defaults to
+/// `application/octet-stream`.
+pub(crate) fn prelude(json: &[u8]) -> Result<(StatusCode, HeaderMap), UrlResponseError> {
+    let value: Value =
+        serde_json::from_slice(json).map_err(|e| UrlResponseError::NotJson(e.to_string()))?;
+    let Value::Object(obj) = &value else {
+        return Err(UrlResponseError::NotJson(
+            "the prelude is not a JSON object".into(),
+        ));
+    };
+    let status = match obj.get("statusCode") {
+        None | Some(Value::Null) => StatusCode::OK,
+        Some(s) => status_code(s)?,
+    };
+    let mut headers = response_headers(obj.get("headers"), true)?;
+    response_cookies(obj.get("cookies"), &mut headers)?;
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok((status, headers))
+}
+
+/// A prelude for a head, as executors that know the head write it.
+pub(crate) fn prelude_bytes(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<Value> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let v = if values.len() == 1 {
+            values.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(values)
+        };
+        map.insert(name.as_str().to_string(), v);
+    }
+    let mut out = serde_json::to_vec(&serde_json::json!({
+        "statusCode": status.as_u16(),
+        "headers": map,
+    }))
+    .unwrap_or_default();
+    out.extend_from_slice(&PRELUDE_DELIMITER);
+    out
+}
+
+/// A function URL result (JSON) for a head and a whole body: headers
+/// with several values joined by `, `, `set-cookie` as `cookies`, the
+/// body in base64.
+pub(crate) fn result_json(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut map = serde_json::Map::new();
+    let mut cookies = Vec::new();
+    for name in headers.keys() {
+        let values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if name == header::SET_COOKIE {
+            cookies.extend(values.map(Value::String));
+        } else {
+            let joined: Vec<String> = values.collect();
+            map.insert(name.as_str().to_string(), Value::String(joined.join(", ")));
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "statusCode": status.as_u16(),
+        "headers": map,
+        "cookies": cookies,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "isBase64Encoded": true,
+    }))
+    .unwrap_or_default()
+}
+
+/// Where the prelude's delimiter ends in `buf`, searching from `from`.
+pub(crate) fn prelude_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(PRELUDE_DELIMITER.len() - 1);
+    buf.get(start..)?
+        .windows(PRELUDE_DELIMITER.len())
+        .position(|w| w == PRELUDE_DELIMITER)
+        .map(|i| start + i + PRELUDE_DELIMITER.len())
+}
+
+/// The result's `headers` object (strings, numbers or booleans; with
+/// `arrays`, also arrays of them), less [`DROPPED_RESPONSE_HEADERS`].
+fn response_headers(headers: Option<&Value>, arrays: bool) -> Result<HeaderMap, UrlResponseError> {
     let mut out = HeaderMap::new();
     let map = match headers {
         None | Some(Value::Null) => return Ok(out),
@@ -496,21 +594,27 @@ fn response_headers(headers: Option<&Value>) -> Result<HeaderMap, UrlResponseErr
         Some(_) => return Err(UrlResponseError::Headers),
     };
     for (name, value) in map {
-        let text = match value {
-            Value::String(s) => Cow::Borrowed(s.as_str()),
-            Value::Number(n) => Cow::Owned(n.to_string()),
-            Value::Bool(b) => Cow::Owned(b.to_string()),
-            Value::Null => continue,
-            _ => return Err(UrlResponseError::HeaderType(name.clone())),
+        let values = match value {
+            Value::Array(items) if arrays => items.as_slice(),
+            v => std::slice::from_ref(v),
         };
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| UrlResponseError::HeaderName(name.clone()))?;
-        if DROPPED_RESPONSE_HEADERS.contains(&header_name.as_str()) {
-            continue;
+        for value in values {
+            let text = match value {
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                Value::Number(n) => Cow::Owned(n.to_string()),
+                Value::Bool(b) => Cow::Owned(b.to_string()),
+                Value::Null => continue,
+                _ => return Err(UrlResponseError::HeaderType(name.clone())),
+            };
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| UrlResponseError::HeaderName(name.clone()))?;
+            if DROPPED_RESPONSE_HEADERS.contains(&header_name.as_str()) {
+                continue;
+            }
+            let header_value = HeaderValue::from_str(&text)
+                .map_err(|_| UrlResponseError::HeaderValue(name.clone()))?;
+            out.append(header_name, header_value);
         }
-        let header_value = HeaderValue::from_str(&text)
-            .map_err(|_| UrlResponseError::HeaderValue(name.clone()))?;
-        out.append(header_name, header_value);
     }
     Ok(out)
 }

@@ -26,9 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::headers::EDGE_HEADER;
+pub(crate) use body::ReplyBody;
 use cached::CachedReply;
 use limits::Route;
 
+pub(crate) mod body;
 pub mod cached;
 mod context;
 pub(crate) mod function_url;
@@ -53,8 +55,9 @@ pub(crate) struct Pipeline {
     pub(crate) edge_value: HeaderValue,
     /// Payload limit and body read timeout (from `[quic]`).
     pub(crate) settings: QuicSettings,
-    /// In-flight invocations on this edge (`edge.capacity` permits).
-    pub(crate) admission: Semaphore,
+    /// In-flight invocations on this edge (`edge.capacity` permits); a
+    /// stream keeps its permit until it ends.
+    pub(crate) admission: Arc<Semaphore>,
     /// Cancelled when the edge stops taking work.
     pub(crate) token: CancellationToken,
 }
@@ -80,7 +83,7 @@ impl Pipeline {
         let edge_value = HeaderValue::from_str(&edge_name)
             .map_err(|_| PipelineError::EdgeName(edge_name.clone()))?;
         Ok(Self {
-            admission: Semaphore::new(edge.capacity as usize),
+            admission: Arc::new(Semaphore::new(edge.capacity as usize)),
             edge_name,
             edge_value,
             settings: topo.quic.clone(),
@@ -90,8 +93,8 @@ impl Pipeline {
     }
 }
 
-/// A response head and its whole body.
-pub(crate) type Reply = (Response<()>, Bytes);
+/// A response head and its body (whole, or a stream).
+pub(crate) type Reply = (Response<()>, ReplyBody);
 
 /// What a request asks for, from its method and path (decided once).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,8 +538,10 @@ async fn forward(
         .map_err(|e| Problem::from_dispatch(&e).function(name))?;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
-    let mut b =
-        base_response(status, &ran_on, &call.id).header(header::CONTENT_LENGTH, reply.body.len());
+    let mut b = base_response(status, &ran_on, &call.id);
+    if reply.stream.is_none() {
+        b = b.header(header::CONTENT_LENGTH, reply.body.len());
+    }
     for h in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ALLOW] {
         if let Some(v) = reply.headers.get(&h) {
             b = b.header(h, v.clone());
@@ -553,7 +558,11 @@ async fn forward(
     let head = b
         .body(())
         .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-    Ok((head, reply.body))
+    let body = match reply.stream {
+        Some(s) => ReplyBody::Stream(s),
+        None => ReplyBody::full(reply.body),
+    };
+    Ok((head, body))
 }
 
 /// Stage 5: the response cache in front of [`execute`]. Only functions
@@ -586,8 +595,9 @@ pub(crate) async fn run_cached(
     let run = {
         let shared = shared.clone();
         let kind = function.executor.kind;
+        let streaming = function.streaming;
         let started = call.started;
-        move || execute(shared, inv, kind, timeout, started)
+        move || execute(shared, inv, kind, streaming, timeout, started)
     };
     through_cache(shared, key, function, run).await
 }
@@ -606,6 +616,9 @@ where
     Fut: Future<Output = Result<CachedReply, Problem>> + Send + 'static,
 {
     match key {
+        Some(key) if function.streaming.is_some() => {
+            cached::through_cache_streaming(shared, key, function, run).await
+        }
         Some(key) => {
             let f = shared
                 .cx
@@ -621,10 +634,10 @@ where
 
 /// Edge admission: a slot among the edge's `capacity`, after a short
 /// bounded wait (503 with `retry-after` otherwise, as when shutting down).
-async fn admission<'a>(
-    shared: &'a Pipeline,
+async fn admission(
+    shared: &Pipeline,
     name: &str,
-) -> Result<tokio::sync::SemaphorePermit<'a>, Problem> {
+) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
     let edge = &shared.edge_name;
     if shared.token.is_cancelled() {
         return Err(Problem::new(
@@ -634,7 +647,12 @@ async fn admission<'a>(
         .function(name)
         .retry_after(Duration::from_secs(1)));
     }
-    match tokio::time::timeout(limits::ADMISSION_WAIT, shared.admission.acquire()).await {
+    match tokio::time::timeout(
+        limits::ADMISSION_WAIT,
+        shared.admission.clone().acquire_owned(),
+    )
+    .await
+    {
         Ok(Ok(p)) => Ok(p),
         _ => Err(Problem::new(
             ProblemKind::EdgeSaturated,
@@ -650,12 +668,13 @@ pub(crate) async fn execute(
     shared: Arc<Pipeline>,
     inv: Invocation,
     kind: crate::config::ExecutorKind,
+    streaming: Option<crate::config::StreamSettings>,
     timeout: Duration,
     started: Instant,
 ) -> Result<CachedReply, Problem> {
     let name = inv.function.clone();
     let admitted = Instant::now();
-    let _permit = admission(&shared, &name).await?;
+    let permit = admission(&shared, &name).await?;
     let admission_wait = admitted.elapsed();
     let deadline = inv.deadline;
     // The executor enforces the deadline; the slack only guards against
@@ -671,15 +690,37 @@ pub(crate) async fn execute(
         Err(_) => Err(crate::exec::ExecError::Timeout(timeout)),
     }
     .map_err(|e| Problem::from_exec(&name, &e))?;
+    let mut out = out;
+    // A stream holds its edge admission slot until it ends; its limits
+    // hold whatever its producer does.
+    let live = out.stream.take().map(|mut s| {
+        s.hold(permit);
+        let settings = streaming.unwrap_or(crate::config::StreamSettings {
+            idle: crate::config::StreamSettings::DEFAULT_IDLE,
+            max_bytes: crate::config::StreamSettings::DEFAULT_MAX_BYTES,
+        });
+        s.limit(body::StreamLimits {
+            deadline,
+            timeout,
+            idle: settings.idle,
+            max_bytes: settings.max_bytes,
+        });
+        cached::Live::new(s)
+    });
     crate::metrics::pool_queue_wait(&shared.edge_name, &name, out.timing.queued);
     if let Some(d) = shared.cx.dispatch.as_deref() {
         d.mesh.record_latency(&name, ran.elapsed());
     }
+    // A stream's type is what its function said, else binary: its first
+    // bytes say too little to sniff.
     let content_type = out
         .content_type
         .as_deref()
         .and_then(|c| HeaderValue::from_str(c).ok())
-        .unwrap_or_else(|| HeaderValue::from_static(limits::sniff_content_type(&out.body)));
+        .unwrap_or_else(|| match live {
+            Some(_) => HeaderValue::from_static("application/octet-stream"),
+            None => HeaderValue::from_static(limits::sniff_content_type(&out.body)),
+        });
     let timing = limits::server_timing(
         admission_wait + out.timing.queued,
         out.timing.run,
@@ -696,6 +737,7 @@ pub(crate) async fn execute(
         timing,
         directive,
         http: None,
+        live,
     })
 }
 
@@ -707,7 +749,7 @@ pub(crate) async fn execute(
 fn respond(
     shared: &Pipeline,
     call: &Call,
-    reply: CachedReply,
+    mut reply: CachedReply,
     status: Option<CacheStatus>,
     age: u64,
 ) -> Result<Reply, Problem> {
@@ -718,12 +760,29 @@ fn respond(
         }
         _ => reply.timing.clone(),
     };
+    let mut body = reply.take_body();
     tracing::debug!(
-        bytes = reply.body.len(),
+        bytes = body.len(),
+        stream = body.is_stream(),
         ?timing,
         cache = status.map(CacheStatus::as_str),
         "invoked"
     );
+    if let ReplyBody::Stream(s) = &mut body {
+        let function = match &call.target {
+            Target::Invoke(n) | Target::Url(n) => n.as_str(),
+            _ => "other",
+        };
+        s.count_as(body::StreamLabels {
+            edge: shared.edge_name.clone(),
+            function: call
+                .topology
+                .function(function)
+                .map_or("other", |f| f.name.as_str())
+                .to_string(),
+            request_id: call.id.clone(),
+        });
+    }
     let mut head = Response::new(());
     if let Some(http) = &reply.http {
         *head.status_mut() = http.status;
@@ -736,7 +795,9 @@ fn respond(
         h.insert(crate::headers::REQUEST_ID, v);
     }
     h.insert(header::CONTENT_TYPE, reply.content_type.clone());
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    if let Some(n) = body.len() {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     h.insert(crate::headers::SERVER_TIMING, timing);
     if let Some(s) = status.filter(|s| *s != CacheStatus::Bypass) {
         h.insert(crate::headers::CACHE, HeaderValue::from_static(s.as_str()));
@@ -749,7 +810,7 @@ fn respond(
             h.insert(header::AGE, age);
         }
     }
-    Ok((head, reply.body))
+    Ok((head, body))
 }
 
 /// `server-timing` of an answer from the cache, e.g.
@@ -799,7 +860,7 @@ fn health(shared: &Pipeline, call: &Call) -> Result<Reply, Problem> {
         .header(header::CONTENT_LENGTH, body.len())
         .body(())
         .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-    Ok((head, body))
+    Ok((head, body.into()))
 }
 
 /// Counts one `POST /fn/{name}` by outcome ("ok", "error" for a relayed
@@ -896,7 +957,7 @@ pub(crate) fn problem_response(edge: &str, id: &str, p: &Problem) -> Reply {
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     });
-    (head, body)
+    (head, body.into())
 }
 
 /// 16 hex digits, unique enough to find one request in the logs.

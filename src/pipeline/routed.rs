@@ -12,8 +12,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
+use super::body::BodyStream;
 use super::limits;
 use super::problem::{Problem, ProblemKind};
+use super::ReplyBody;
 use super::{self as pipeline, base_response, Call, Pipeline, Reply, RequestBody, Target};
 use crate::config::{Function, Topology};
 use crate::dispatch::{DispatchError, Dispatcher, Forward, RouteCarry};
@@ -43,6 +45,8 @@ struct Run<'a> {
     last_edge: String,
     /// When this edge took the request.
     started: Instant,
+    /// The last step's streamed output, which is the answer.
+    stream: Option<BodyStream>,
 }
 
 /// Handles `POST /event/{type}` and `POST /route` (from clients and, with
@@ -98,6 +102,7 @@ pub(super) async fn handle<B: RequestBody>(
         path: Vec::new(),
         last_edge: shared.edge_name.clone(),
         started: call.started,
+        stream: None,
     };
     let result = run.go().await;
     if call.peer.is_none() {
@@ -298,7 +303,8 @@ impl Run<'_> {
             .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
         self.path.push(route::path_entry(step, &ran_on));
         self.last_edge = ran_on;
-        self.apply(f, reply.body, ct)?;
+        let body = self.output(f, reply.stream, reply.body).await?;
+        self.apply(f, body, ct)?;
         Ok(None)
     }
 
@@ -313,10 +319,12 @@ impl Run<'_> {
         }
         crate::metrics::route_step(self.edge(), step, MetricPath::Local);
         match self.run_local(f).await {
-            Ok(out) => {
+            Ok(mut out) => {
                 self.path.push(route::path_entry(step, self.edge()));
                 self.last_edge = self.edge().to_string();
-                self.apply(f, out.body, out.content_type)?;
+                let live = out.live.take().and_then(|l| l.take());
+                let body = self.output(f, live, out.body).await?;
+                self.apply(f, body, out.content_type)?;
                 Ok(false)
             }
             Err(p)
@@ -356,6 +364,39 @@ impl Run<'_> {
         )
         .await
         .0
+    }
+
+    /// A step's output: a stream stays one when the step was the last (it
+    /// is the answer, sent as it arrives); any other step's stream is read
+    /// whole, as it becomes the next step's event.
+    async fn output(
+        &mut self,
+        f: &Function,
+        stream: Option<BodyStream>,
+        body: Bytes,
+    ) -> Result<Bytes, Problem> {
+        match stream {
+            None => Ok(body),
+            Some(mut s) if self.stack.is_empty() && !f.gatekeeper => {
+                s.count_as(super::body::StreamLabels {
+                    edge: self.shared.edge_name.clone(),
+                    function: f.name.to_string(),
+                    request_id: self.id.to_string(),
+                });
+                self.stream = Some(s);
+                Ok(Bytes::new())
+            }
+            Some(mut s) => s.collect(crate::exec::MAX_RESULT_BYTES).await.map_err(|e| {
+                let p = Problem::new(
+                    ProblemKind::FunctionError,
+                    format!(
+                        "step {:?} streamed an output that cannot be the next event: {e}",
+                        f.name
+                    ),
+                );
+                self.fail(p, Some(&f.name))
+            }),
+        }
     }
 
     /// What a step's output does to the route: a gatekeeper's envelope
@@ -454,8 +495,10 @@ impl Run<'_> {
         let ran_on = reply.header(EDGE_HEADER).unwrap_or("?").to_string();
         let path = route::join_path(&self.path, reply.header(PATH_HEADER));
         let mut b = base_response(status, &ran_on, self.id)
-            .header(header::CONTENT_LENGTH, reply.body.len())
             .header(crate::headers::TRACE_HEADER, self.trace.header());
+        if reply.stream.is_none() {
+            b = b.header(header::CONTENT_LENGTH, reply.body.len());
+        }
         if let Ok(v) = HeaderValue::from_str(&path) {
             b = b.header(PATH_HEADER, v);
         }
@@ -468,7 +511,11 @@ impl Run<'_> {
         let head = b
             .body(())
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-        Ok((head, reply.body))
+        let body = match reply.stream {
+            Some(s) => ReplyBody::Stream(s),
+            None => ReplyBody::full(reply.body),
+        };
+        Ok((head, body))
     }
 
     /// The stack is empty: the event is the result.
@@ -482,8 +529,11 @@ impl Run<'_> {
 
     fn done(self) -> Result<Reply, Problem> {
         let mut b = base_response(StatusCode::OK, &self.last_edge, self.id)
-            .header(header::CONTENT_TYPE, self.content_type.clone())
-            .header(header::CONTENT_LENGTH, self.event.len())
+            .header(header::CONTENT_TYPE, self.content_type.clone());
+        if self.stream.is_none() {
+            b = b.header(header::CONTENT_LENGTH, self.event.len());
+        }
+        let mut b = b
             .header(crate::headers::TRACE_HEADER, self.trace.header())
             .header(crate::headers::SERVER_TIMING, self.total());
         if let Ok(v) = HeaderValue::from_str(&self.path_so_far()) {
@@ -492,6 +542,10 @@ impl Run<'_> {
         let head = b
             .body(())
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-        Ok((head, self.event))
+        let body = match self.stream {
+            Some(s) => ReplyBody::Stream(s),
+            None => ReplyBody::full(self.event),
+        };
+        Ok((head, body))
     }
 }

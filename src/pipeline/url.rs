@@ -15,8 +15,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::cached::{CachedReply, HttpHead};
+use super::body::BodyStream;
+use super::cached::{CachedReply, HttpHead, Live};
 use super::function_url::{self, UrlRequest};
+use super::ReplyBody;
 use super::{
     execute, forward, resolve, respond, run_here, Call, Pipeline, Problem, ProblemKind, Reply,
     RequestBody, Resolved,
@@ -62,7 +64,7 @@ fn preflight(shared: &Pipeline, call: &Call, p: Preflight) -> Result<Reply, Prob
         .body(())
         .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
     head.headers_mut().extend(p.headers);
-    Ok((head, Bytes::new()))
+    Ok((head, Bytes::new().into()))
 }
 
 /// An event function's URL: `POST /` runs it with the body as its event.
@@ -150,8 +152,19 @@ async fn run_local(
         let function = function.clone();
         let started = call.started;
         move || async move {
-            let raw = execute(shared, inv, function.executor.kind, timeout, started).await?;
-            to_reply(&function, raw.body, raw.timing)
+            let mut raw = execute(
+                shared,
+                inv,
+                function.executor.kind,
+                function.streaming,
+                timeout,
+                started,
+            )
+            .await?;
+            match raw.live.take().and_then(|l| l.take()) {
+                Some(s) => to_stream_reply(&function, s, raw.timing).await,
+                None => to_reply(&function, raw.body, raw.timing),
+            }
         }
     };
     let (result, status, age) = super::through_cache(shared, key, &function, run).await;
@@ -179,7 +192,12 @@ async fn forwarded(
         .get(crate::headers::SERVER_TIMING)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
-    let mut r = respond(shared, call, to_reply(function, raw, timing)?, None, 0)?;
+    let reply = match raw {
+        // The peer streams the function's prelude and body as it ran them.
+        ReplyBody::Stream(s) => to_stream_reply(function, s, timing).await?,
+        ReplyBody::Full(b) => to_reply(function, b.unwrap_or_default(), timing)?,
+    };
+    let mut r = respond(shared, call, reply, None, 0)?;
     // The edge that ran it, as for any forwarded answer.
     if let Some(edge) = head.headers().get(crate::headers::EDGE) {
         r.0.headers_mut().insert(crate::headers::EDGE, edge.clone());
@@ -249,6 +267,37 @@ fn to_reply(function: &Function, raw: Bytes, timing: HeaderValue) -> Result<Cach
             status: r.status,
             headers,
         })),
+        live: None,
+    })
+}
+
+/// A streamed function URL response: its prelude (status, headers,
+/// cookies) is the head; the rest of the stream is the body.
+async fn to_stream_reply(
+    function: &Function,
+    mut s: BodyStream,
+    timing: HeaderValue,
+) -> Result<CachedReply, Problem> {
+    let bad = |detail: String| {
+        Problem::new(
+            ProblemKind::FunctionResponse,
+            format!("the streamed result has no valid prelude: {detail}"),
+        )
+        .function(&function.name)
+    };
+    let json = s.read_prelude().await.map_err(|e| bad(e.to_string()))?;
+    let (status, mut headers) = function_url::prelude(&json).map_err(|e| bad(e.to_string()))?;
+    let content_type = headers
+        .remove(header::CONTENT_TYPE)
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+    let directive = directive(function, status, &headers);
+    Ok(CachedReply {
+        body: Bytes::new(),
+        content_type,
+        timing,
+        directive,
+        http: Some(Arc::new(HttpHead { status, headers })),
+        live: Some(Live::new(s)),
     })
 }
 
@@ -293,10 +342,11 @@ fn finish(call: &Call, (mut head, body): Reply) -> Reply {
         let h = head.headers_mut();
         h.remove(header::CONTENT_TYPE);
         h.remove(header::CONTENT_LENGTH);
-        return (head, Bytes::new());
+        return (head, Bytes::new().into());
     }
     if call.method == Method::HEAD {
-        return (head, Bytes::new());
+        // A stream's body is dropped too, which stops its function.
+        return (head, Bytes::new().into());
     }
     (head, body)
 }

@@ -543,13 +543,12 @@ async fn cache_purge_needs_a_token_and_drops_entries() {
     let policy = fleet.topology.function("resize").unwrap().cache.clone();
     let put = cache
         .fetch(key(), policy.as_ref(), || async {
-            Ok(fnroute::pipeline::cached::CachedReply {
-                body: bytes::Bytes::from_static(b"x"),
-                content_type: http::HeaderValue::from_static("text/plain"),
-                timing: http::HeaderValue::from_static(""),
-                directive: fnroute::cache::Directive::Default,
-                http: None,
-            })
+            Ok(fnroute::pipeline::cached::CachedReply::new(
+                bytes::Bytes::from_static(b"x"),
+                http::HeaderValue::from_static("text/plain"),
+                http::HeaderValue::from_static(""),
+                fnroute::cache::Directive::Default,
+            ))
         })
         .await;
     assert_eq!(put.status, fnroute::cache::CacheStatus::Miss);

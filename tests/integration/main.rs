@@ -19,6 +19,7 @@ mod mesh;
 mod qpack;
 mod reload;
 mod routing;
+mod stream;
 mod topo;
 mod wasm;
 mod web;

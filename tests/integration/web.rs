@@ -232,7 +232,10 @@ async fn tls(edge: &TestEdge) -> tokio_rustls::client::TlsStream<TcpStream> {
     tls_alpn(edge, &[b"http/1.1"]).await
 }
 
-async fn tls_alpn(edge: &TestEdge, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub(crate) async fn tls_alpn(
+    edge: &TestEdge,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(edge.cert()).expect("cert") {

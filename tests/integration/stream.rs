@@ -1,0 +1,345 @@
+//! Streaming responses (`streaming = true`) end to end: bytes reach the
+//! client as the function writes them, over HTTP/3 (fnroute's client),
+//! HTTP/2 (the `h2` crate) and HTTP/1.1 (curl); a failure after the first
+//! byte is an abort each client can tell from an end; a client that goes
+//! away stops the function and frees its slot.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fnroute::mesh::transport::Request;
+
+use crate::harness::{start, Opts, TestEdge};
+
+/// A streaming command function on fra.
+pub(crate) fn stream_fn(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "\n[[function]]\nname = \"{name}\"\nedges = [\"fra\"]\nstreaming = true\n{extra}\nexecutor = {{ kind = \"command\", command = [\"sh\", \"-c\", {script:?}] }}\n"
+    )
+}
+
+/// Five lines, 100 ms apart, each the time it was written (ns since the
+/// epoch).
+pub(crate) const TICKS: &str = "for i in 1 2 3 4 5; do date +%s%N; sleep 0.1; done";
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Lines of `TICKS` as they arrived: (written, arrived), in ns.
+#[derive(Default)]
+pub(crate) struct Arrivals {
+    pending: Vec<u8>,
+    pub(crate) lines: Vec<(u128, u128)>,
+}
+
+impl Arrivals {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        let at = now_ns();
+        self.pending.extend_from_slice(chunk);
+        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim().trim_start_matches("data:").trim();
+            if text.is_empty() {
+                continue;
+            }
+            let written: u128 = text
+                .parse()
+                .unwrap_or_else(|_| panic!("a timestamp line: {text:?}"));
+            self.lines.push((written, at));
+        }
+    }
+
+    /// Each line arrived within `lag` of being written, and they arrived
+    /// spread out as they were written (not all at the end).
+    pub(crate) fn check(&self, n: usize, lag: Duration, what: &str) {
+        assert_eq!(self.lines.len(), n, "{what}: lines {:?}", self.lines);
+        for (w, a) in &self.lines {
+            let late = a.saturating_sub(*w);
+            assert!(
+                late < lag.as_nanos(),
+                "{what}: a line arrived {} ms after it was written",
+                late / 1_000_000
+            );
+        }
+        let first = self.lines[0].1;
+        let last = self.lines[n - 1].1;
+        let spread = (n as u128 - 1) * 80_000_000;
+        assert!(
+            last - first >= spread,
+            "{what}: lines arrived within {} ms of each other: buffered",
+            (last - first) / 1_000_000
+        );
+    }
+}
+
+/// curl over TCP reading as it goes (`-N`); returns the arrivals, exit
+/// code and stderr.
+fn curl_stream(edge: &TestEdge, proto: &str, path: &str) -> (Arrivals, Option<i32>, String) {
+    let port = edge.tcp.port();
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", proto, "--max-time", "10", "--cacert"])
+        .arg(edge.cert())
+        .arg("--resolve")
+        .arg(format!("fra.fn.test:{port}:127.0.0.1"))
+        .args(["--data-binary", "x"])
+        .arg(format!("https://fra.fn.test:{port}{path}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs (.ci/deps-web.sh installs it)");
+    let mut arrivals = Arrivals::default();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = Vec::new();
+    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        arrivals.push(&line);
+        line.clear();
+    }
+    let status = child.wait_with_output().expect("curl exits");
+    (
+        arrivals,
+        status.status.code(),
+        String::from_utf8_lossy(&status.stderr).into_owned(),
+    )
+}
+
+/// An h2 request to fra's TCP listener: the response and its body.
+async fn h2_post(edge: &TestEdge, path: &str) -> (http::response::Parts, h2::RecvStream) {
+    let tls = crate::web::tls_alpn(edge, &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::post(format!("https://fra.fn.test{path}"))
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send");
+    body.send_data(Bytes::from_static(b"x"), true)
+        .expect("body");
+    let resp = resp.await.expect("response");
+    resp.into_parts()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_streams_its_lines_as_it_writes_them_over_every_protocol() {
+    let mut edge = start(Opts {
+        functions: stream_fn("ticks", TICKS, ""),
+        ..Opts::default()
+    })
+    .await;
+    let lag = Duration::from_millis(60);
+    // HTTP/3.
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let mut r = conn
+        .send_streaming(Request::invoke("ticks", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200);
+    assert!(r.is_streaming(), "no content-length: {:?}", r.headers);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let mut a = Arrivals::default();
+    while let Some(c) = r.chunk().await {
+        a.push(&c.expect("a clean stream"));
+    }
+    a.check(5, lag, "h3");
+    // HTTP/2: DATA frames as they come.
+    let (head, mut body) = h2_post(&edge, "/fn/ticks").await;
+    assert_eq!(head.status, 200);
+    assert!(head.headers.get("content-length").is_none());
+    let mut a = Arrivals::default();
+    while let Some(c) = body.data().await {
+        let c = c.expect("a clean stream");
+        let _ = body.flow_control().release_capacity(c.len());
+        a.push(&c);
+    }
+    a.check(5, lag, "h2");
+    // HTTP/1.1: chunked.
+    let (a, code, err) = curl_stream(&edge, "--http1.1", "/fn/ticks");
+    assert_eq!(code, Some(0), "{err}");
+    a.check(5, lag, "h1");
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_first_byte_aborts_the_stream_on_every_protocol() {
+    let mut edge = start(Opts {
+        functions: stream_fn("breaks", "echo first; sleep 0.2; echo second; exit 3", ""),
+        ..Opts::default()
+    })
+    .await;
+    // HTTP/3: the stream is reset after what was written.
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let mut r = conn
+        .send_streaming(Request::invoke("breaks", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200);
+    let mut got = Vec::new();
+    let end = loop {
+        match r.chunk().await {
+            Some(Ok(c)) => got.extend_from_slice(&c),
+            other => break other,
+        }
+    };
+    // RESET_STREAM may discard what was written but not yet delivered.
+    assert!(got.starts_with(b"first\n"), "{got:?}");
+    assert!(b"first\nsecond\n".starts_with(&got), "{got:?}");
+    let e = end.expect("an abort, not an end").expect_err("an abort");
+    assert!(
+        e.contains("reset") || e.contains("H3_INTERNAL_ERROR") || e.contains("0x102"),
+        "{e}"
+    );
+    // HTTP/2: RST_STREAM(INTERNAL_ERROR).
+    let (head, mut body) = h2_post(&edge, "/fn/breaks").await;
+    assert_eq!(head.status, 200);
+    let mut got = Vec::new();
+    let end = loop {
+        match body.data().await {
+            Some(Ok(c)) => got.extend_from_slice(&c),
+            other => break other,
+        }
+    };
+    assert!(got.starts_with(b"first\n"), "{got:?}");
+    assert!(b"first\nsecond\n".starts_with(&got), "{got:?}");
+    let e = end.expect("an abort").expect_err("an abort");
+    assert_eq!(e.reason(), Some(h2::Reason::INTERNAL_ERROR), "{e}");
+    // HTTP/1.1: the connection closes without the last chunk; curl says
+    // so (exit 18, "transfer closed with outstanding read data").
+    let port = edge.tcp.port();
+    let out = Command::new("curl")
+        .args(["-sS", "--http1.1", "--max-time", "10", "--cacert"])
+        .arg(edge.cert())
+        .arg("--resolve")
+        .arg(format!("fra.fn.test:{port}:127.0.0.1"))
+        .args(["--data-binary", "x"])
+        .arg(format!("https://fra.fn.test:{port}/fn/breaks"))
+        .output()
+        .expect("curl");
+    // hyper closes at once: what it still buffered may be lost too.
+    assert!(out.stdout.starts_with(b"first\n"), "{:?}", out.stdout);
+    assert!(b"first\nsecond\n".starts_with(&out.stdout));
+    assert_ne!(out.status.code(), Some(0), "curl must see a cut body");
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Counted, by how they ended.
+    let admin = edge.fleet.as_ref().expect("fleet").admin[0];
+    let metrics = crate::admin::get(admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let aborted = text
+        .lines()
+        .find(|l| {
+            l.starts_with("fnroute_stream_ends_total")
+                && l.contains("function=\"breaks\"")
+                && l.contains("end=\"function_error\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(aborted, Some(3.0), "{text}");
+    edge.shutdown().await;
+}
+
+/// The pid in `file` once it is there.
+async fn pid_in(file: &std::path::Path) -> u32 {
+    for _ in 0..100 {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no pid in {}", file.display());
+}
+
+/// Waits until process `pid` is gone (or a zombie).
+async fn gone(pid: u32) -> bool {
+    for _ in 0..100 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.is_empty() || status.contains("State:\tZ") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_stops_the_function_and_frees_its_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h3_pid = dir.path().join("h3.pid");
+    let h2_pid = dir.path().join("h2.pid");
+    let forever = |file: &std::path::Path| {
+        format!(
+            "echo $$ > {}; while true; do echo tick; sleep 0.05; done",
+            file.display()
+        )
+    };
+    let mut edge = start(Opts {
+        functions: stream_fn("forever-h3", &forever(&h3_pid), "concurrency = { max = 1 }")
+            + &stream_fn("forever-h2", &forever(&h2_pid), "concurrency = { max = 1 }"),
+        ..Opts::default()
+    })
+    .await;
+    let exec = edge.fleet.as_ref().expect("fleet").edges[0].exec.clone();
+    let busy = |name: &str| {
+        exec.stats()
+            .into_iter()
+            .find(|s| s.function == name)
+            .map(|s| s.busy)
+            .unwrap_or(99)
+    };
+    // HTTP/3: three chunks, then the client drops the response.
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let mut r = conn
+        .send_streaming(Request::invoke("forever-h3", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    for _ in 0..3 {
+        r.chunk().await.expect("a chunk").expect("data");
+    }
+    assert_eq!(busy("forever-h3"), 1);
+    let pid = pid_in(&h3_pid).await;
+    drop(r);
+    assert!(gone(pid).await, "the command runs on after its client left");
+    for _ in 0..50 {
+        if busy("forever-h3") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(busy("forever-h3"), 0, "the slot is freed");
+    // HTTP/2: the client resets its stream.
+    let (head, mut body) = h2_post(&edge, "/fn/forever-h2").await;
+    assert_eq!(head.status, 200);
+    for _ in 0..3 {
+        body.data().await.expect("a chunk").expect("data");
+    }
+    let pid = pid_in(&h2_pid).await;
+    drop(body);
+    assert!(
+        gone(pid).await,
+        "the command runs on after its h2 client left"
+    );
+    // The slot is free: another call runs at once (concurrency 1).
+    let mut r = conn
+        .send_streaming(Request::invoke("forever-h3", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.chunk().await.expect("a chunk").expect("data");
+    drop(r);
+    edge.shutdown().await;
+}
