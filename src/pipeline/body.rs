@@ -251,14 +251,19 @@ impl BodyStream {
         // Closing the channel tells the producer to stop.
         self.rx.close();
         self.ended(e.label());
-        tracing::info!(
-            function = self.labels.as_ref().map(|l| l.function.as_str()),
-            req = self.labels.as_ref().map(|l| l.request_id.as_str()),
-            bytes = self.bytes,
-            secs = self.started.elapsed().as_secs_f64(),
-            error = %e,
-            "stream aborted"
-        );
+        // Counted streams are the edge's answers; others (a client's, a
+        // tee's upstream) are logged where they end.
+        match &self.labels {
+            Some(l) => tracing::info!(
+                function = %l.function,
+                req = %l.request_id,
+                bytes = self.bytes,
+                secs = self.started.elapsed().as_secs_f64(),
+                error = %e,
+                "stream aborted"
+            ),
+            None => tracing::debug!(bytes = self.bytes, error = %e, "stream aborted"),
+        }
         Poll::Ready(Some(Err(e)))
     }
 
@@ -368,12 +373,14 @@ impl Drop for BodyStream {
     fn drop(&mut self) {
         if self.state == State::Open {
             self.ended("client_gone");
-            tracing::info!(
-                function = self.labels.as_ref().map(|l| l.function.as_str()),
-                req = self.labels.as_ref().map(|l| l.request_id.as_str()),
-                bytes = self.bytes,
-                "stream dropped before its end (client gone); function cancelled"
-            );
+            if let Some(l) = &self.labels {
+                tracing::info!(
+                    function = %l.function,
+                    req = %l.request_id,
+                    bytes = self.bytes,
+                    "stream dropped before its end (client gone); function cancelled"
+                );
+            }
         }
     }
 }

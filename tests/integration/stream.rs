@@ -111,6 +111,14 @@ fn curl_stream(edge: &TestEdge, proto: &str, path: &str) -> (Arrivals, Option<i3
 
 /// An h2 request to fra's TCP listener: the response and its body.
 async fn h2_post(edge: &TestEdge, path: &str) -> (http::response::Parts, h2::RecvStream) {
+    h2_post_with(edge, path, Bytes::from_static(b"x")).await
+}
+
+async fn h2_post_with(
+    edge: &TestEdge,
+    path: &str,
+    payload: Bytes,
+) -> (http::response::Parts, h2::RecvStream) {
     let tls = crate::web::tls_alpn(edge, &[b"h2"]).await;
     let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
     tokio::spawn(conn);
@@ -119,8 +127,7 @@ async fn h2_post(edge: &TestEdge, path: &str) -> (http::response::Parts, h2::Rec
         .body(())
         .expect("request");
     let (resp, mut body) = send.send_request(req, false).expect("send");
-    body.send_data(Bytes::from_static(b"x"), true)
-        .expect("body");
+    body.send_data(payload, true).expect("body");
     let resp = resp.await.expect("response");
     resp.into_parts()
 }
@@ -341,5 +348,261 @@ async fn a_client_that_goes_away_stops_the_function_and_frees_its_slot() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.chunk().await.expect("a chunk").expect("data");
     drop(r);
+    edge.shutdown().await;
+}
+
+/// An example built by `cargo test` next to this test binary.
+fn example(name: &str) -> String {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let p = dir.join("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build --example {name}` \
+         (a plain `cargo test` builds examples; a `--test integration` filter alone does not)",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// The `lambda_runtime` streaming example as a function on fra.
+fn lambda_stream_fn(name: &str, extra: &str) -> String {
+    format!(
+        "\n[[function]]\nname = \"{name}\"\nedges = [\"fra\"]\nstreaming = true\n{extra}\nexecutor = {{ kind = \"lambda\", command = [{:?}] }}\n",
+        example("lambda_stream")
+    )
+}
+
+fn stats(edge: &TestEdge, name: &str) -> fnroute::exec::FunctionStats {
+    edge.fleet.as_ref().expect("fleet").edges[0]
+        .exec
+        .stats()
+        .into_iter()
+        .find(|s| s.function == name)
+        .expect("a pool")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_lambda_runtime_function_streams_over_every_protocol() {
+    let mut edge = start(Opts {
+        functions: lambda_stream_fn("lstream", "concurrency = { min = 1, max = 2 }"),
+        ..Opts::default()
+    })
+    .await;
+    let lag = Duration::from_millis(60);
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let event = Bytes::from_static(br#"{"chunks": 5, "every_ms": 100}"#);
+    let mut r = conn
+        .send_streaming(Request::invoke("lstream", event.clone()))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.is_streaming());
+    // lambda_runtime's prelude says application/octet-stream; it is not
+    // part of the body.
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let mut a = Arrivals::default();
+    while let Some(c) = r.chunk().await {
+        a.push(&c.expect("a clean stream"));
+    }
+    a.check(5, lag, "h3");
+    let (head, mut body) = h2_post_with(&edge, "/fn/lstream", event.clone()).await;
+    assert_eq!(head.status, 200);
+    let mut a = Arrivals::default();
+    while let Some(c) = body.data().await {
+        let c = c.expect("a clean stream");
+        let _ = body.flow_control().release_capacity(c.len());
+        a.push(&c);
+    }
+    a.check(5, lag, "h2");
+    // A mid-stream error (lambda_runtime sends it inside the body): an
+    // abort after the lines before it, not a complete body.
+    let mut r = conn
+        .send_streaming(Request::invoke(
+            "lstream",
+            Bytes::from_static(br#"{"chunks": 5, "every_ms": 20, "fail_after": 2}"#),
+        ))
+        .await
+        .expect("invoke");
+    let mut a = Arrivals::default();
+    let end = loop {
+        match r.chunk().await {
+            Some(Ok(c)) => a.push(&c),
+            other => break other,
+        }
+    };
+    assert!(a.lines.len() <= 2, "{:?}", a.lines);
+    assert!(end.expect("an abort").is_err());
+    assert_eq!(stats(&edge, "lstream").crashes, 0);
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_stream_whose_client_leaves_stops_its_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("worker.pid");
+    let mut edge = start(Opts {
+        functions: lambda_stream_fn("lleave", "concurrency = { max = 1 }"),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let event = format!(
+        r#"{{"chunks": 1000, "every_ms": 20, "pid_file": {:?}}}"#,
+        pid_file.display().to_string()
+    );
+    let mut r = conn
+        .send_streaming(Request::invoke("lleave", Bytes::from(event)))
+        .await
+        .expect("invoke");
+    for _ in 0..3 {
+        r.chunk().await.expect("a chunk").expect("data");
+    }
+    let pid = pid_in(&pid_file).await;
+    drop(r);
+    assert!(gone(pid).await, "the worker runs on after its client left");
+    // Replaced, and not counted as a crash: the next call runs.
+    let mut r = conn
+        .send_streaming(Request::invoke(
+            "lleave",
+            Bytes::from_static(br#"{"chunks": 2, "every_ms": 1}"#),
+        ))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut n = 0;
+    while let Some(c) = r.chunk().await {
+        c.expect("clean");
+        n += 1;
+    }
+    assert!(n >= 1);
+    let s = stats(&edge, "lleave");
+    assert_eq!((s.crashes, s.kills), (0, 1), "{s:?}");
+    edge.shutdown().await;
+}
+
+/// A function URL served by a streaming `lambda_runtime` function: its
+/// prelude is the response head (status, content type, cookie), and the
+/// events arrive as they are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_function_url_takes_its_head_from_the_prelude() {
+    let mut edge = start(Opts {
+        functions: lambda_stream_fn("sse", "interface = \"http\""),
+        ..Opts::default()
+    })
+    .await;
+    let port = edge.tcp.port();
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--http2",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(edge.cert())
+        .arg("--resolve")
+        .arg(format!("sse.fn.test:{port}:127.0.0.1"))
+        .arg(format!("https://sse.fn.test:{port}/events"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(head.starts_with("http/2 201"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(
+        head.contains("set-cookie: session=streamed; path=/"),
+        "{head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+    let mut a = Arrivals::default();
+    let mut line = Vec::new();
+    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        a.push(&line);
+        line.clear();
+    }
+    assert!(child.wait().expect("curl").success());
+    a.check(5, Duration::from_millis(60), "sse");
+    edge.shutdown().await;
+}
+
+/// A custom runtime that streams as AWS specifies, with real trailers
+/// (tests/functions/stream_trailers.py): its end and its mid-stream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/functions/stream_trailers.py"
+    );
+    let mut edge = start(Opts {
+        functions: format!(
+            "\n[[function]]\nname = \"trailers\"\nedges = [\"fra\"]\nstreaming = true\nexecutor = {{ kind = \"lambda\", command = [\"python3\", {script:?}] }}\n"
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    // A clean end: every line, then the end; the POST's type is the
+    // response's.
+    let mut r = conn
+        .send_streaming(Request::invoke(
+            "trailers",
+            Bytes::from_static(br#"{"lines": 3}"#),
+        ))
+        .await
+        .expect("invoke");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let mut got = Vec::new();
+    while let Some(c) = r.chunk().await {
+        got.extend_from_slice(&c.expect("a clean end"));
+    }
+    assert_eq!(got, b"line 0\nline 1\nline 2\n");
+    // The error trailers: an abort, over HTTP/2 too.
+    let mut r = conn
+        .send_streaming(Request::invoke(
+            "trailers",
+            Bytes::from_static(br#"{"lines": 2, "error": "Stream.Broke"}"#),
+        ))
+        .await
+        .expect("invoke");
+    let end = loop {
+        match r.chunk().await {
+            Some(Ok(_)) => {}
+            other => break other,
+        }
+    };
+    assert!(end.expect("an abort").is_err());
+    let (_, mut body) = h2_post_with(
+        &edge,
+        "/fn/trailers",
+        Bytes::from_static(br#"{"lines": 2, "error": "Stream.Broke"}"#),
+    )
+    .await;
+    let end = loop {
+        match body.data().await {
+            Some(Ok(_)) => {}
+            other => break other,
+        }
+    };
+    let e = end.expect("an abort").expect_err("an abort");
+    assert_eq!(e.reason(), Some(h2::Reason::INTERNAL_ERROR));
+    assert_eq!(stats(&edge, "trailers").crashes, 0);
     edge.shutdown().await;
 }
