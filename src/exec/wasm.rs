@@ -55,6 +55,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::config::{Function, FunctionName, Interface, Topology};
+use crate::pipeline::body::BodyStream;
 
 use super::gate::Gate;
 use super::policy::Tail;
@@ -365,7 +366,7 @@ impl WasmPool {
         }
     }
 
-    pub(crate) async fn invoke(&self, inv: Invocation) -> Result<Output, ExecError> {
+    pub(crate) async fn invoke(self: &Arc<Self>, inv: Invocation) -> Result<Output, ExecError> {
         let now = Instant::now();
         if inv.deadline <= now {
             return Err(ExecError::Timeout(Duration::ZERO));
@@ -378,12 +379,35 @@ impl WasmPool {
             r = self.run(&pre, &inv, deadline) => r,
             () = self.stop.cancelled() => Err(ExecError::ShuttingDown),
         };
-        drop(admitted);
+        let (result, stream) = match result {
+            Ok((Ran::Streaming(s), init)) => {
+                let reply = Reply {
+                    body: Bytes::new(),
+                    content_type: s.content_type.clone(),
+                    cache_control: None,
+                };
+                (
+                    Ok((reply, init)),
+                    Some(self.pump(*s, admitted, inv.request_id.clone(), started)),
+                )
+            }
+            Ok((Ran::Whole(r), init)) => {
+                drop(admitted);
+                (Ok((r, init)), None)
+            }
+            Err(e) => {
+                drop(admitted);
+                (Err(e), None)
+            }
+        };
         let run = started.elapsed();
-        if !matches!(
-            result,
-            Err(ExecError::Internal(_) | ExecError::ShuttingDown)
-        ) {
+        // A stream is metered by its pump, at its end.
+        if stream.is_none()
+            && !matches!(
+                result,
+                Err(ExecError::Internal(_) | ExecError::ShuttingDown)
+            )
+        {
             self.meter
                 .record(&self.f, &inv.request_id, run, result.is_ok());
         }
@@ -401,7 +425,7 @@ impl WasmPool {
         });
         Ok(Output {
             body: reply.body,
-            stream: None,
+            stream,
             content_type: reply.content_type,
             cache_control: reply.cache_control,
             timing: Timing {
@@ -428,14 +452,101 @@ impl WasmPool {
         self.gate.bump(f);
     }
 
-    /// One instance: made, handed the request, its response read whole.
+    /// Pumps a streaming guest's outgoing body into a stream. The task
+    /// owns the instance: the stream ends only after the guest's call has
+    /// returned cleanly (a trap after the last frame is an abort); a
+    /// dropped stream drops the instance and frees its slot.
+    fn pump(
+        self: &Arc<Self>,
+        s: Streaming,
+        admitted: super::gate::Admitted,
+        request_id: String,
+        started: Instant,
+    ) -> BodyStream {
+        use crate::pipeline::body::{self, StreamError};
+        let (tx, rx) = body::channel();
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let Streaming {
+                prelude,
+                mut body,
+                guest,
+                stderr,
+                deadline,
+                ..
+            } = s;
+            let end = async {
+                if let Some(p) = prelude {
+                    tx.send(p).await.ok()?;
+                }
+                loop {
+                    let frame = tokio::select! {
+                        biased;
+                        () = tx.closed() => return None,
+                        () = pool.stop.cancelled() => return Some(Err(StreamError::ShuttingDown)),
+                        f = timeout_at(deadline, body.frame()) => f,
+                    };
+                    match frame {
+                        Err(_) => return Some(Err(StreamError::Timeout(pool.f.timeout))),
+                        Ok(None) => return Some(Ok(())),
+                        Ok(Some(Err(e))) => {
+                            return Some(Err(StreamError::Crashed(format!(
+                                "the response body failed: {e}"
+                            ))))
+                        }
+                        Ok(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data() {
+                                tx.send(data).await.ok()?;
+                            }
+                        }
+                    }
+                }
+            }
+            .await;
+            let result = match end {
+                // The client went away: dropping `guest` drops the instance.
+                None => Err(ExecError::Internal("stream cancelled".into())),
+                Some(Err(e)) => {
+                    tx.abort(e.clone()).await;
+                    Err(ExecError::Crashed(e.to_string()))
+                }
+                Some(Ok(())) => match guest.finish(deadline).await {
+                    GuestEnd::Done(Ok(())) => {
+                        tx.end().await;
+                        Ok(())
+                    }
+                    other => {
+                        let e = pool.failure(other, &stderr, started);
+                        tx.abort(match &e {
+                            ExecError::Timeout(_) => StreamError::Timeout(pool.f.timeout),
+                            e => StreamError::Crashed(e.to_string()),
+                        })
+                        .await;
+                        Err(e)
+                    }
+                },
+            };
+            pool.meter
+                .record(&pool.f, &request_id, started.elapsed(), result.is_ok());
+            match &result {
+                Err(ExecError::Timeout(_)) => pool.bump(|s| s.kills += 1),
+                Err(ExecError::Crashed(_)) => pool.bump(|s| s.crashes += 1),
+                _ => {}
+            }
+        });
+        rx
+    }
+
+    /// One instance: made, handed the request, its response read whole
+    /// (or, for a streaming function, handed on as it is written).
     /// Returns the reply and the instantiation time.
     async fn run(
         &self,
         pre: &Arc<ProxyPre<Host>>,
         inv: &Invocation,
         deadline: Instant,
-    ) -> Result<(Reply, Duration), ExecError> {
+    ) -> Result<(Ran, Duration), ExecError> {
         let started = Instant::now();
         let request = match self.f.interface {
             Interface::Event => event_request(&self.authority, inv),
@@ -490,6 +601,32 @@ impl WasmPool {
         };
         let init = init_rx.await.unwrap_or_default();
         let (parts, body) = head.into_parts();
+        let streams = self.f.streaming.is_some()
+            && (parts.status.is_success() || self.f.interface == Interface::Http);
+        if streams {
+            let content_type = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            // An `http` function's head travels as the stream's prelude,
+            // as a Lambda function's does.
+            let prelude = (self.f.interface == Interface::Http).then(|| {
+                Bytes::from(crate::pipeline::function_url::prelude_bytes(
+                    parts.status,
+                    &parts.headers,
+                ))
+            });
+            let s = Streaming {
+                prelude,
+                content_type,
+                body,
+                guest,
+                stderr,
+                deadline,
+            };
+            return Ok((Ran::Streaming(Box::new(s)), init));
+        }
         let body = match timeout_at(deadline, collect(body, MAX_RESULT_BYTES)).await {
             Err(_) => return Err(ExecError::Timeout(started.elapsed())),
             Ok(Err(e)) => return Err(e),
@@ -506,7 +643,7 @@ impl WasmPool {
             Interface::Event => event_reply(parts, body)?,
             Interface::Http => url_reply(parts, body),
         };
-        Ok((reply, init))
+        Ok((Ran::Whole(reply), init))
     }
 
     fn store(
@@ -660,6 +797,23 @@ async fn collect(mut body: HyperOutgoingBody, max: usize) -> Result<Bytes, ExecE
 }
 
 // ---------------------------------------------------------------- requests and replies
+
+/// What `run` made of an instance's response.
+enum Ran {
+    Whole(Reply),
+    Streaming(Box<Streaming>),
+}
+
+/// A streaming guest after its head: its body still being written.
+struct Streaming {
+    /// An `http` function's head, as a prelude.
+    prelude: Option<Bytes>,
+    content_type: Option<String>,
+    body: HyperOutgoingBody,
+    guest: AbortOnDrop,
+    stderr: Arc<Mutex<Tail>>,
+    deadline: Instant,
+}
 
 /// What an invocation answers with, before timing is added.
 struct Reply {

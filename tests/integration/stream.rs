@@ -606,3 +606,97 @@ async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
     assert_eq!(stats(&edge, "trailers").crashes, 0);
     edge.shutdown().await;
 }
+
+/// A wasm component's outgoing body streams as it writes it (the Python
+/// example's `/ticks`), a trap after the first byte aborts, and a client
+/// that leaves drops the instance and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_component_streams_its_outgoing_body() {
+    let component = crate::wasm::python_example();
+    let mut edge = start(Opts {
+        functions: format!(
+            "\n[[function]]\nname = \"pyticks\"\nedges = [\"fra\"]\ninterface = \"http\"\nstreaming = true\nconcurrency = {{ max = 1 }}\nexecutor = {{ kind = \"wasm\", component = {:?} }}\n",
+            component.display().to_string()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let port = edge.tcp.port();
+    let curl = |path: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-N",
+                "--http2",
+                "-D",
+                "-",
+                "--max-time",
+                "10",
+                "--cacert",
+            ])
+            .arg(edge.cert())
+            .arg("--resolve")
+            .arg(format!("pyticks.fn.test:{port}:127.0.0.1"))
+            .arg(format!("https://pyticks.fn.test:{port}{path}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl")
+    };
+    let read_head = |out: &mut BufReader<std::process::ChildStdout>| {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                return head;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+    };
+    let mut child = curl("/ticks");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let head = read_head(&mut out);
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let mut a = Arrivals::default();
+    let mut line = Vec::new();
+    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        a.push(&line);
+        line.clear();
+    }
+    assert!(child.wait().expect("curl").success());
+    a.check(5, Duration::from_millis(60), "wasm");
+    // A trap after two events: curl sees the stream reset (HTTP/2
+    // RST_STREAM, curl's exit 92), not a complete body.
+    let child = curl("/ticks-raise");
+    let out = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("data: "), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(92),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client that leaves after the first chunk of a body that never
+    // ends: the instance is dropped, its slot freed.
+    let mut child = curl("/stall");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    read_head(&mut out);
+    let mut first = String::new();
+    out.read_line(&mut first).expect("a first chunk");
+    assert_eq!(first, "first chunk\n");
+    assert_eq!(stats(&edge, "pyticks").busy, 1);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut busy = 1;
+    for _ in 0..100 {
+        busy = stats(&edge, "pyticks").busy;
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(busy, 0, "the instance outlived its client");
+    edge.shutdown().await;
+}

@@ -45,7 +45,7 @@ fn wasm_fn(name: &str, component: &Path, extra: &str) -> String {
 
 /// The example component, built by the project's script (a no-op when it
 /// is up to date).
-fn python_example() -> PathBuf {
+pub(crate) fn python_example() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("edge-config/functions/build-wasm.sh"))
         .output()

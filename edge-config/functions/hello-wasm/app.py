@@ -15,6 +15,9 @@ Paths (the tests use them to probe the host's limits):
                status and body, or 502 with the error code's text
   /bomb        allocates until MemoryError, then 507 "MemoryError"
   /echo        the request body, with the request's content-type
+  /ticks       server-sent events: five `data: <ns since the epoch>`, 100 ms
+               apart, each flushed as written (for `streaming = true`)
+  /ticks-raise two events, then raises: a trap after the first byte
   anything else: as /
 
 Written in the blocking style (pollable.block(), blocking_read,
@@ -173,6 +176,23 @@ def stall(response_out: ResponseOutparam) -> None:
         time.sleep(1)
 
 
+def ticks(response_out: ResponseOutparam, fail_after=None) -> None:
+    """Server-sent events, each written and flushed when it happens."""
+    response = OutgoingResponse(Fields.from_list([("content-type", b"text/event-stream")]))
+    response.set_status_code(200)
+    body = response.body()
+    ResponseOutparam.set(response_out, Ok(response))
+    stream = body.write()
+    for i in range(5):
+        if i > 0:
+            time.sleep(0.1)
+        if fail_after == i:
+            raise RuntimeError("hello-wasm: /ticks-raise broke its stream")
+        stream.blocking_write_and_flush(f"data: {time.time_ns()}\n\n".encode())
+    stream.__exit__(None, None, None)
+    OutgoingBody.finish(body, None)
+
+
 def bomb(response_out: ResponseOutparam) -> None:
     hog = []
     allocated = 0
@@ -217,6 +237,10 @@ class IncomingHandler(exports.IncomingHandler):
             respond(response_out, status, ctype, data)
         elif path == "/bomb":
             bomb(response_out)
+        elif path == "/ticks":
+            ticks(response_out)
+        elif path == "/ticks-raise":
+            ticks(response_out, fail_after=2)
         elif path == "/echo":
             ctype = b"application/octet-stream"
             for name, value in request.headers().entries():
