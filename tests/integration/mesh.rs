@@ -854,3 +854,112 @@ timeout_ms = 3000
         "bounded by the deadline: {took:?}"
     );
 }
+
+/// Streams through a forwarding edge: sin runs the functions, the client
+/// talks to fra. Server-sent events arrive as sin's function writes them
+/// (the relay holds a bounded buffer, never the whole body); a function
+/// URL's prelude crosses the hop as the head; an abort on sin is an abort
+/// at fra; a client that leaves fra stops the process on sin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cross_the_mesh_as_they_are_written() {
+    use crate::stream::{example, Arrivals};
+    use fnroute::mesh::transport::Request;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sin.pid");
+    let p = ports();
+    let mut edit = TopoEdit::open("edge-config/three-edges.toml");
+    let sse = "for i in 1 2 3 4 5; do printf 'data: %s\\n\\n' $(date +%s%N); sleep 0.1; done";
+    let broken = "echo first; sleep 0.1; exit 2";
+    let forever = format!(
+        "echo $$ > {}; while true; do echo tick; sleep 0.05; done",
+        pid_file.display()
+    );
+    for (name, script) in [
+        ("sse", sse),
+        ("broken", broken),
+        ("forever", forever.as_str()),
+    ] {
+        edit.append(&format!(
+            "\n[[function]]\nname = \"{name}\"\nedges = [\"sin\"]\nstreaming = true\nexecutor = {{ kind = \"command\", command = [\"sh\", \"-c\", {script:?}] }}\n"
+        ));
+    }
+    edit.append(&format!(
+        "\n[[function]]\nname = \"lsse\"\nedges = [\"sin\"]\nstreaming = true\ninterface = \"http\"\nexecutor = {{ kind = \"lambda\", command = [{:?}] }}\n",
+        example("lambda_stream")
+    ));
+    let t = Arc::new(test_fleet(&mut edit, dir.path(), &p));
+    let fleet = Fleet::start(t, &[0, 1, 2]).await.expect("fleet starts");
+    let c = client();
+    let conn = c.connect(quic(0, &p), "localhost").await.expect("connect");
+    let mut r = conn
+        .send_streaming(Request::invoke("sse", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    assert_eq!((r.status, r.header("fnroute-edge")), (200, Some("sin")));
+    assert!(r.is_streaming(), "{:?}", r.headers);
+    let mut a = Arrivals::default();
+    while let Some(chunk) = r.chunk().await {
+        a.push(&chunk.expect("a clean end"));
+    }
+    a.check(5, Duration::from_millis(60), "through fra");
+    // The function URL of a streaming Lambda function on sin, asked at fra.
+    let url = c
+        .connect(quic(0, &p), "lsse.fn.test")
+        .await
+        .expect("connect");
+    let mut req = Request::invoke("ignored", Bytes::new());
+    req.method = http::Method::GET;
+    req.path = "/events".into();
+    req.content_length = None;
+    req.chunks.clear();
+    let mut r = url.send_streaming(req).await.expect("url");
+    assert_eq!(r.status, 201, "{:?} {:?}", r.headers, r.body);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("set-cookie"), Some("session=streamed; Path=/"));
+    assert_eq!(r.header("fnroute-edge"), Some("sin"));
+    let mut a = Arrivals::default();
+    while let Some(chunk) = r.chunk().await {
+        a.push(&chunk.expect("a clean end"));
+    }
+    a.check(5, Duration::from_millis(60), "url through fra");
+    // An abort on sin is an abort at fra.
+    let mut r = conn
+        .send_streaming(Request::invoke("broken", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    let end = loop {
+        match r.chunk().await {
+            Some(Ok(_)) => {}
+            other => break other,
+        }
+    };
+    assert!(end.expect("an abort").is_err());
+    // The client leaves fra: the process on sin stops.
+    let mut r = conn
+        .send_streaming(Request::invoke("forever", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    for _ in 0..3 {
+        r.chunk().await.expect("a chunk").expect("data");
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    drop(r);
+    let mut alive = true;
+    for _ in 0..100 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.is_empty() || status.contains("State:\tZ") {
+            alive = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !alive,
+        "the command on sin runs on after the client left fra"
+    );
+    fleet.shutdown(Duration::from_secs(2)).await;
+}

@@ -352,7 +352,7 @@ async fn a_client_that_goes_away_stops_the_function_and_frees_its_slot() {
 }
 
 /// An example built by `cargo test` next to this test binary.
-fn example(name: &str) -> String {
+pub(crate) fn example(name: &str) -> String {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
