@@ -6,12 +6,18 @@ use bytes::{Buf, Bytes};
 #[derive(Debug)]
 pub(crate) struct BufList<T> {
     bufs: VecDeque<T>,
+    // fnroute patch: the bytes held, kept up to date, so that `remaining` is
+    // O(1). Upstream summed every buffer on each call, and frame decoding calls
+    // it per byte: with many buffered chunks (a long streamed body read as it
+    // arrives) that was quadratic and pinned a core.
+    len: usize,
 }
 
 impl<T: Buf> BufList<T> {
     pub(crate) fn new() -> BufList<T> {
         BufList {
             bufs: VecDeque::new(),
+            len: 0,
         }
     }
 
@@ -19,6 +25,7 @@ impl<T: Buf> BufList<T> {
     #[allow(dead_code)]
     pub(crate) fn push(&mut self, buf: T) {
         debug_assert!(buf.has_remaining());
+        self.len += buf.remaining();
         self.bufs.push_back(buf);
     }
 
@@ -37,7 +44,10 @@ impl<T: Buf> BufList<T> {
 
 impl BufList<Bytes> {
     pub fn take_first_chunk(&mut self) -> Option<Bytes> {
-        self.bufs.pop_front()
+        let chunk = self.bufs.pop_front();
+        // fnroute patch: `len`.
+        self.len -= chunk.as_ref().map_or(0, Bytes::len);
+        chunk
     }
 
     pub fn take_chunk(&mut self, max_len: usize) -> Option<Bytes> {
@@ -45,6 +55,8 @@ impl BufList<Bytes> {
             .bufs
             .front_mut()
             .map(|chunk| chunk.split_to(usize::min(max_len, chunk.remaining())));
+        // fnroute patch: `len`.
+        self.len -= chunk.as_ref().map_or(0, Bytes::len);
 
         if let Some(front) = self.bufs.front() {
             if front.remaining() == 0 {
@@ -59,6 +71,8 @@ impl BufList<Bytes> {
         T: Buf,
     {
         debug_assert!(buf.has_remaining());
+        // fnroute patch: `len`.
+        self.len += buf.remaining();
         self.bufs.push_back(buf.copy_to_bytes(buf.remaining()))
     }
 }
@@ -75,7 +89,8 @@ impl<T: Buf> From<T> for BufList<T> {
 impl<T: Buf> Buf for BufList<T> {
     #[inline]
     fn remaining(&self) -> usize {
-        self.bufs.iter().map(|buf| buf.remaining()).sum()
+        // fnroute patch: O(1), see `len`.
+        self.len
     }
 
     #[inline]
@@ -85,6 +100,8 @@ impl<T: Buf> Buf for BufList<T> {
 
     #[inline]
     fn advance(&mut self, mut cnt: usize) {
+        // fnroute patch: `len` (advancing past the end panics below, as upstream).
+        self.len -= cnt.min(self.len);
         while cnt > 0 {
             {
                 let front = &mut self.bufs[0];
@@ -181,5 +198,21 @@ mod tests {
         assert_eq!(cur.remaining(), 2);
         cur.advance(2);
         assert_eq!(cur.remaining(), 0);
+    }
+
+    // fnroute patch: `remaining` follows every way bytes enter and leave.
+    #[test]
+    fn remaining_is_kept_up_to_date() {
+        let mut buf = BufList::new();
+        buf.push_bytes(&mut Bytes::from_static(b"abcd"));
+        buf.push_bytes(&mut Bytes::from_static(b"efg"));
+        assert_eq!(buf.remaining(), 7);
+        buf.advance(5);
+        assert_eq!(buf.remaining(), 2);
+        assert_eq!(buf.take_chunk(1).as_deref(), Some(&b"f"[..]));
+        assert_eq!(buf.remaining(), 1);
+        assert_eq!(buf.take_first_chunk().as_deref(), Some(&b"g"[..]));
+        assert_eq!(buf.remaining(), 0);
+        assert!(!buf.has_remaining());
     }
 }

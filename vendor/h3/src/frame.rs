@@ -60,7 +60,16 @@ where
         );
 
         loop {
-            let end = self.try_recv(cx)?;
+            // fnroute patch: a frame already buffered is decoded before the
+            // stream is read again (upstream read first, so a reader of many
+            // small frames buffered without bound; see poll_data).
+            let buffered = self.stream.buf_mut().has_remaining()
+                && self.decoder.would_decode(self.stream.buf_mut());
+            let end = if buffered {
+                Poll::Ready(false)
+            } else {
+                self.try_recv(cx)?
+            };
 
             return match self.decoder.decode(self.stream.buf_mut())? {
                 Some(Frame::Data(PayloadLen(len))) => {
@@ -72,6 +81,9 @@ where
                     Poll::Ready(Ok(frame))
                 }
                 Some(frame) => Poll::Ready(Ok(Some(frame))),
+                // fnroute patch: nothing read yet; `decode` now expects more
+                // (or the buffer is empty), so the next turn reads.
+                None if buffered => continue,
                 None => match end {
                     // Received a chunk but frame is incomplete, poll until we get `Pending`.
                     Poll::Ready(false) => continue,
@@ -102,14 +114,30 @@ where
             return Poll::Ready(Ok(None));
         };
 
-        let end = match self.try_recv(cx) {
-            Poll::Ready(Ok(end)) => end,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => false,
+        // fnroute patch: the stream is read only when nothing is buffered.
+        // Upstream read one more chunk on every call, while each call hands
+        // out at most one: with frames smaller than QUIC's chunks the buffer
+        // grew as fast as the peer could send, however slowly the
+        // application read (QUIC flow control no longer held the peer back).
+        let end = if self.stream.buf_mut().has_remaining() {
+            false
+        } else {
+            match self.try_recv(cx) {
+                Poll::Ready(Ok(end)) => end,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => false,
+            }
         };
         let data = self.stream.buf_mut().take_chunk(self.remaining_data);
 
         match (data, end) {
+            // fnroute patch: the stream ended inside the frame. Upstream saw
+            // this only when the frame's last bytes and the end arrived in one
+            // read; now that buffered bytes are handed out first, it is seen
+            // here too.
+            (None, true) if self.remaining_data > 0 => {
+                Poll::Ready(Err(FrameStreamError::UnexpectedEnd))
+            }
             (None, true) => Poll::Ready(Ok(None)),
             (None, false) => Poll::Pending,
             (Some(d), true)
@@ -208,6 +236,12 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    // fnroute patch: whether `decode` has enough bytes to try (a frame, or an
+    // error): poll_next then decodes before reading more.
+    fn would_decode<B: Buf>(&self, src: &BufList<B>) -> bool {
+        self.expected.is_none_or(|min| src.remaining() >= min)
+    }
+
     fn decode<B: Buf>(
         &mut self,
         src: &mut BufList<B>,
@@ -509,6 +543,12 @@ mod tests {
         assert_poll_matches!(
             |cx| stream.poll_next(cx),
             Ok(Some(Frame::Data(PayloadLen(4))))
+        );
+        // fnroute patch: the byte that arrived comes first, then the error
+        // (upstream read ahead and reported the error at once).
+        assert_poll_matches!(
+            |cx| to_bytes(stream.poll_data(cx)),
+            Ok(Some(b)) if b.remaining() == 1
         );
         assert_poll_matches!(
             |cx| to_bytes(stream.poll_data(cx)),
