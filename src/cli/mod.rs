@@ -709,11 +709,38 @@ pub(crate) fn status_table(s: &crate::admin::Status) -> String {
 /// sysexits.h EX_UNAVAILABLE: the edge or DNS server could not be reached.
 const EX_UNAVAILABLE: u8 = 69;
 
+/// Writes a successful answer's body to stdout as it arrives (each chunk
+/// flushed); a stream cut by the edge (a reset, a connection closed
+/// before the end) is reported and fails the command.
+async fn print_body(reply: &mut crate::mesh::transport::Reply) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let mut n = 0usize;
+    while let Some(chunk) = reply.chunk().await {
+        match chunk {
+            Ok(c) => {
+                n += c.len();
+                let mut lock = out.lock();
+                if lock.write_all(&c).and_then(|_| lock.flush()).is_err() {
+                    // stdout closed (e.g. `| head`): stop reading.
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                let _ = out.flush();
+                eprintln!("fnroute: stream aborted after {n} bytes: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// `fnroute invoke`: prints the result body to stdout; errors (the
 /// problem+json detail) go to stderr with exit status 1 for an HTTP error
 /// and 69 when the edge could not be reached.
 fn invoke(mut args: InvokeArgs) -> ExitCode {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let routed = args.event.is_some() || args.route.is_some();
     if routed {
         // `fnroute invoke --event T -`: the dash lands in NAME.
@@ -868,7 +895,7 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
             let (reply, protocol) = tcp::send(&trust, offer, addr, &fqdn, req, args.timeout_ms)
                 .await
                 .map_err(|e| (e.exit_code(), e.to_string()))?;
-            return Ok((addr, protocol, reply));
+            return Ok((addr, protocol, reply, None));
         }
         let bind: std::net::SocketAddr = if addr.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -880,16 +907,16 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
             .connect(addr, &fqdn)
             .await
             .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+        // A streamed answer is printed as it arrives (below), over this
+        // connection: it stays open until then.
         let reply = conn
-            .send(req)
+            .send_streaming(req)
             .await
             .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
-        conn.quic().close(0u32.into(), b"done");
-        client.close().await;
-        Ok::<_, (u8, String)>((addr, "h3", reply))
+        Ok::<_, (u8, String)>((addr, "h3", reply, Some((conn, client))))
     });
     match result {
-        Ok((addr, protocol, reply)) => {
+        Ok((addr, protocol, mut reply, keep)) => {
             if args.verbose {
                 eprintln!("* protocol: {protocol}");
                 eprintln!("< {} from {addr}", reply.status);
@@ -897,10 +924,27 @@ fn invoke(mut args: InvokeArgs) -> ExitCode {
                     eprintln!("< {k}: {}", v.to_str().unwrap_or("?"));
                 }
             }
-            if (200..300).contains(&reply.status) {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&reply.body).and_then(|_| out.flush());
-                return ExitCode::SUCCESS;
+            let code = runtime.block_on(async {
+                let code = if (200..300).contains(&reply.status) {
+                    Some(print_body(&mut reply).await)
+                } else {
+                    if reply.is_streaming() {
+                        let mut whole = Vec::new();
+                        while let Some(Ok(c)) = reply.chunk().await {
+                            whole.extend_from_slice(&c);
+                        }
+                        reply.body = whole.into();
+                    }
+                    None
+                };
+                if let Some((conn, client)) = keep {
+                    conn.quic().close(0u32.into(), b"done");
+                    client.close().await;
+                }
+                code
+            });
+            if let Some(code) = code {
+                return code;
             }
             match reply.problem() {
                 Some(p) => eprintln!(

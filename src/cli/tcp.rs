@@ -250,6 +250,15 @@ async fn exchange(
 ) -> Result<Reply, hyper::Error> {
     let resp = send.await?;
     let (parts, body) = resp.into_parts();
+    // No length: a streamed answer, printed as it arrives.
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        return Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: Bytes::new(),
+            stream: Some(relay(body)),
+        });
+    }
     let body = body.collect().await?.to_bytes();
     Ok(Reply {
         status: parts.status.as_u16(),
@@ -259,6 +268,30 @@ async fn exchange(
     })
 }
 
+/// A response body from hyper as a stream: it ends cleanly only at the
+/// body's own end (the last chunk, or HTTP/2's END_STREAM); a connection
+/// closed before it or a reset is an abort.
+fn relay(mut body: hyper::body::Incoming) -> crate::pipeline::body::BodyStream {
+    use crate::pipeline::body::{self, StreamError};
+    let (tx, rx) = body::channel();
+    tokio::spawn(async move {
+        loop {
+            match body.frame().await {
+                None => return tx.end().await,
+                Some(Err(e)) => return tx.abort(StreamError::Upstream(chain(&e))).await,
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        if tx.send(data).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Lets the connection close cleanly (GOAWAY, or the end of the stream);
 /// on failure, prefers the connection's own error, which says more
 /// (a protocol error) than the request's (the connection closed).
@@ -266,6 +299,11 @@ async fn finish(
     driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
     result: Result<Reply, hyper::Error>,
 ) -> Result<Reply, String> {
+    // A stream's connection stays up while the stream is read.
+    if result.as_ref().is_ok_and(Reply::is_streaming) {
+        drop(driver);
+        return result.map_err(|e| chain(&e));
+    }
     let wait = Duration::from_millis(if result.is_ok() { 500 } else { 100 });
     let conn = tokio::time::timeout(wait, driver).await;
     match result {

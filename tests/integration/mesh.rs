@@ -236,6 +236,11 @@ impl Procs {
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
+    /// The process id of edge `i`, while it runs.
+    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
+    }
+
     pub(crate) fn logs(&self) -> String {
         NAMES
             .iter()

@@ -746,7 +746,7 @@ async fn the_last_step_of_a_route_streams() {
         at.len() >= 3 && spread >= Duration::from_millis(150),
         "{at:?}"
     );
-    let mut r = conn
+    let r = conn
         .send_streaming(route("lines,upper"))
         .await
         .expect("route");
@@ -806,4 +806,164 @@ async fn a_streamed_response_is_cached_once_complete() {
         }
     }
     edge.shutdown().await;
+}
+
+/// `fnroute invoke` prints each chunk as it arrives (over HTTP/3, and with
+/// `--tcp` and `--http1.1`), and an abort mid-stream fails it with a
+/// message after what arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fnroute_invoke_prints_chunks_as_they_arrive() {
+    let mut edge = start(Opts {
+        functions: stream_fn("ticks", TICKS, "")
+            + &stream_fn("breaks", "echo first; sleep 0.2; echo second; exit 3", ""),
+        ..Opts::default()
+    })
+    .await;
+    let h3 = edge.addr.to_string();
+    let tcp = edge.tcp.to_string();
+    let cert = edge.cert();
+    for (addr, extra) in [
+        (h3.as_str(), ""),
+        (tcp.as_str(), "--tcp"),
+        (tcp.as_str(), "--http1.1"),
+    ] {
+        let (a, ok) = {
+            let (addr, extra, cert) = (addr.to_string(), extra.to_string(), cert.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_fnroute"))
+                    .args([
+                        "invoke", "ticks", "--edge", &addr, "--zone", "fn.test", "--ca",
+                    ])
+                    .arg(&cert)
+                    .args([extra.as_str()].iter().filter(|a| !a.is_empty()))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("fnroute");
+                let mut a = Arrivals::default();
+                let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+                let mut line = Vec::new();
+                while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                    a.push(&line);
+                    line.clear();
+                }
+                (a, child.wait().expect("exit").success())
+            })
+            .await
+            .expect("join")
+        };
+        assert!(ok, "{extra}");
+        a.check(
+            5,
+            Duration::from_millis(60),
+            &format!("fnroute invoke {extra}"),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_fnroute"))
+            .args([
+                "invoke",
+                "breaks",
+                "--edge",
+                if extra.is_empty() { &h3 } else { &tcp },
+            ])
+            .args(["--zone", "fn.test", "--ca"])
+            .arg(&cert)
+            .args([extra].iter().filter(|a| !a.is_empty()))
+            .output()
+            .expect("fnroute");
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("first\n"),
+            "{extra}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("stream aborted after"), "{extra}: {err}");
+    }
+    edge.shutdown().await;
+}
+
+/// VmRSS of process `pid`, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 1 GiB streamed from a function on sin, through fra, to a client that
+/// reads at about 128 MiB/s: neither edge's resident memory grows by
+/// 32 MiB (the producer waits for the client; nothing holds the body).
+/// Real `fnroute serve` processes, so their memory is theirs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_to_a_slow_reader_keeps_memory_flat() {
+    use crate::mesh::{client, quic, start_procs};
+    const GIB: u64 = 1 << 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let functions = format!(
+        "\n[[function]]\nname = \"zeros\"\nedges = [\"sin\"]\nstreaming = true\nmax_stream_bytes = {}\ntimeout_ms = 900000\nexecutor = {{ kind = \"command\", command = [\"sh\", \"-c\", \"head -c $(cat) /dev/zero\"] }}\n",
+        2 * GIB
+    );
+    let (p, procs) = start_procs(dir.path(), "", &functions).await;
+    let c = client();
+    let conn = c.connect(quic(0, &p), "localhost").await.expect("connect");
+    let pull = |n: u64| {
+        let conn = &conn;
+        async move {
+            let mut r = conn
+                .send_streaming(Request::invoke("zeros", Bytes::from(n.to_string())))
+                .await
+                .expect("invoke");
+            assert_eq!((r.status, r.header("fnroute-edge")), (200, Some("sin")));
+            let started = std::time::Instant::now();
+            let mut got = 0u64;
+            while let Some(chunk) = r.chunk().await {
+                got += chunk.expect("a clean end").len() as u64;
+                // About 128 MiB/s.
+                let due = Duration::from_secs_f64(got as f64 / (128.0 * 1048576.0));
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            got
+        }
+    };
+    // Warm both edges (connections, buffers, allocator) first.
+    let warm = tokio::time::timeout(Duration::from_secs(60), pull(64 << 20)).await;
+    assert_eq!(warm.ok(), Some(64 << 20), "{}", procs.logs());
+    let (fra, sin) = (
+        procs.pid(0).expect("fra runs"),
+        procs.pid(2).expect("sin runs"),
+    );
+    let base = (rss_of(fra), rss_of(sin));
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(base));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut p = peak.lock().expect("peak");
+                p.0 = p.0.max(rss_of(fra));
+                p.1 = p.1.max(rss_of(sin));
+            }
+        })
+    };
+    let t = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(120), pull(GIB)).await;
+    assert_eq!(got.ok(), Some(GIB), "{}", procs.logs());
+    eprintln!("1 GiB in {:?}", t.elapsed());
+    sampler.abort();
+    let peak = *peak.lock().expect("peak");
+    let growth = ((peak.0 - base.0) / 1024, (peak.1 - base.1) / 1024);
+    eprintln!(
+        "RSS KiB fra {} -> {} (+{} MiB), sin {} -> {} (+{} MiB)",
+        base.0, peak.0, growth.0, base.1, peak.1, growth.1
+    );
+    assert!(
+        growth.0 < 32 && growth.1 < 32,
+        "RSS grew by {growth:?} MiB (fra, sin)"
+    );
 }
