@@ -83,7 +83,7 @@ executor = { kind = "command", command = ["sh", "-c", "head -c $(cat) /dev/zero"
 EOF
 } >"$TOPO"
 grep -q 'functions/' "$TOPO" && sed -i "s#\"functions/#\"$ROOT/edge-config/functions/#g" "$TOPO"
-"$BIN" check --config "$TOPO" >/dev/null
+"$BIN" check "$TOPO" >/dev/null
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
