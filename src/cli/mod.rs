@@ -373,6 +373,13 @@ pub(crate) fn summary(t: &Topology) -> String {
         if let Some(c) = &f.cache {
             extra.push(format!("cache {}s", c.ttl.as_secs()));
         }
+        if let Some(st) = &f.streaming {
+            extra.push(format!(
+                "streaming (idle {} ms, max {} bytes)",
+                st.idle.as_millis(),
+                st.max_bytes
+            ));
+        }
         let _ = writeln!(
             s,
             "  {:<16} {:?} on {}  memory {} MB  timeout {} ms  workers {}..{}{}{}",
