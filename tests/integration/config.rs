@@ -427,3 +427,35 @@ fn check_command() {
         "{err}"
     );
 }
+
+#[test]
+fn streaming_keys_are_checked() {
+    let f = |extra: &str| {
+        format!(
+            "{HEAD}{EDGES}\n[[function]]\nname = \"s\"\nexecutor = {{ kind = \"command\", command = [\"cat\"] }}\n{extra}\n"
+        )
+    };
+    check_errors(
+        &f("stream_idle_ms = 100\nmax_stream_bytes = 10"),
+        &[
+            "stream_idle_ms applies to streaming functions only",
+            "max_stream_bytes applies to streaming functions only",
+        ],
+    );
+    check_errors(
+        &f("streaming = true\ngatekeeper = true"),
+        &["a gatekeeper cannot stream"],
+    );
+    check_errors(
+        &f("streaming = true\nstream_idle_ms = 0\nmax_stream_bytes = 0"),
+        &[
+            "stream_idle_ms = 0 is out of range",
+            "max_stream_bytes = 0 streams nothing",
+        ],
+    );
+    let (_dir, _, t) = load(&f(
+        "streaming = true\nstream_idle_ms = 1500\nmax_stream_bytes = 4096",
+    ));
+    let t = t.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(t.function("s").is_some());
+}

@@ -967,3 +967,80 @@ async fn a_gibibyte_to_a_slow_reader_keeps_memory_flat() {
         "RSS grew by {growth:?} MiB (fra, sin)"
     );
 }
+
+/// The limits of a stream each end it with an abort and stop the
+/// function: the gap between chunks (`stream_idle_ms`), its size
+/// (`max_stream_bytes`) and its whole duration (`timeout_ms`). An HTTP/1.0
+/// client, which cannot tell a cut body from an end, gets the stream
+/// buffered with a `content-length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_end_a_stream_and_http10_gets_it_whole() {
+    let mut edge = start(Opts {
+        functions: stream_fn("gap", "echo a; sleep 1; echo b", "stream_idle_ms = 200")
+            + &stream_fn(
+                "big",
+                "head -c 1000000 /dev/zero",
+                "max_stream_bytes = 100000",
+            )
+            + &stream_fn(
+                "long",
+                "while true; do echo x; sleep 0.05; done",
+                "timeout_ms = 400",
+            )
+            + &stream_fn("ticks", TICKS, ""),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    for (name, within) in [("gap", 900), ("big", 900), ("long", 900)] {
+        let t = std::time::Instant::now();
+        let sent = conn
+            .send_streaming(Request::invoke(name, Bytes::from_static(b"x")))
+            .await;
+        let end = match sent {
+            Ok(mut r) => loop {
+                match r.chunk().await {
+                    Some(Ok(_)) => {}
+                    other => break other,
+                }
+            },
+            // Reset before the head arrived: an abort too.
+            Err(e) => Some(Err(e.to_string())),
+        };
+        assert!(matches!(end, Some(Err(_))), "{name}: {end:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(within),
+            "{name}: ended after {:?}",
+            t.elapsed()
+        );
+    }
+    let admin = edge.fleet.as_ref().expect("fleet").admin[0];
+    let metrics = crate::admin::get(admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for (name, end) in [("gap", "idle"), ("big", "too_large"), ("long", "timeout")] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("fnroute_stream_ends_total")
+                    && l.contains(&format!("function=\"{name}\""))
+                    && l.contains(&format!("end=\"{end}\""))),
+            "{name} {end}: {text}"
+        );
+    }
+    // HTTP/1.0 (without ALPN, which offers only h2 and http/1.1): whole,
+    // with its length.
+    let r = crate::web::curl(
+        &edge,
+        "--http1.0",
+        "fra.fn.test",
+        "/fn/ticks",
+        &["--no-alpn", "--data-binary", "x"],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length").map(str::to_string),
+        Some(r.body.len().to_string())
+    );
+    assert_eq!(r.body.iter().filter(|b| **b == b'\n').count(), 5);
+    edge.shutdown().await;
+}
