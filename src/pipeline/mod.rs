@@ -363,7 +363,7 @@ async fn invoke_resolved<B: RequestBody>(
     let dispatch = shared.cx.dispatch.as_deref();
     match dispatch {
         Some(d) if !run_here(shared, call, &target, d) => {
-            return forward(d, call, function, payload, deadline).await;
+            return forward(shared, d, call, function, payload, deadline).await;
         }
         _ => {}
     }
@@ -382,7 +382,7 @@ async fn invoke_resolved<B: RequestBody>(
         (Err(p), Some(d))
             if p.kind == ProblemKind::FunctionSaturated && call.internal.hops < d.max_hops() =>
         {
-            return forward(d, call, function, payload, deadline).await;
+            return forward(shared, d, call, function, payload, deadline).await;
         }
         (r, _) => r?,
     };
@@ -510,6 +510,7 @@ fn run_here(shared: &Pipeline, call: &Call, target: &Resolved<'_>, d: &Dispatche
 /// body, content type, retry-after and the `fnroute-edge` of the edge that
 /// ran it).
 async fn forward(
+    shared: &Pipeline,
     d: &Dispatcher,
     call: &Call,
     function: &Function,
@@ -559,7 +560,15 @@ async fn forward(
         .body(())
         .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
     let body = match reply.stream {
-        Some(s) => ReplyBody::Stream(s),
+        Some(mut s) => {
+            // Counted here too: this edge sends it on to its own client.
+            s.count_as(body::StreamLabels {
+                edge: shared.edge_name.clone(),
+                function: name.to_string(),
+                request_id: call.id.clone(),
+            });
+            ReplyBody::Stream(s)
+        }
         None => ReplyBody::full(reply.body),
     };
     Ok((head, body))

@@ -469,10 +469,17 @@ impl Run<'_> {
             retryable: route::retryable(topo, &self.stack),
             content_type: self.content_type.to_str().ok().map(str::to_string),
         };
-        let reply = d
+        let mut reply = d
             .forward(f, self.forward_for(f, Some(carry)))
             .await
             .map_err(|e| self.dispatch_problem(&f.name, e))?;
+        if let Some(s) = reply.stream.as_mut() {
+            s.count_as(super::body::StreamLabels {
+                edge: self.edge().to_string(),
+                function: f.name.to_string(),
+                request_id: self.id.to_string(),
+            });
+        }
         self.relay(reply)
     }
 

@@ -183,7 +183,7 @@ async fn forwarded(
     event: Bytes,
     deadline: Instant,
 ) -> Result<Reply, Problem> {
-    let (head, raw) = forward(d, call, function, event, deadline).await?;
+    let (head, raw) = forward(shared, d, call, function, event, deadline).await?;
     if head.status() != StatusCode::OK {
         return Ok((head, raw));
     }
