@@ -1044,3 +1044,37 @@ async fn limits_end_a_stream_and_http10_gets_it_whole() {
     assert_eq!(r.body.iter().filter(|b| **b == b'\n').count(), 5);
     edge.shutdown().await;
 }
+
+/// A worker that streams for a function that is not `streaming`: its
+/// response is buffered as Lambda buffers it, the prelude stripped (it
+/// used to end up inside the result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_worker_of_a_buffered_function_is_buffered() {
+    let mut edge = start(Opts {
+        functions: format!(
+            "\n[[function]]\nname = \"lbuf\"\nedges = [\"fra\"]\nexecutor = {{ kind = \"lambda\", command = [{:?}] }}\n",
+            example("lambda_stream")
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let r = conn
+        .send_streaming(Request::invoke(
+            "lbuf",
+            Bytes::from_static(br#"{"chunks": 3, "every_ms": 10}"#),
+        ))
+        .await
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!r.is_streaming());
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(text.lines().count(), 3, "{text:?}");
+    assert!(
+        text.lines().all(|l| l.parse::<u128>().is_ok()),
+        "no prelude, no NULs: {text:?}"
+    );
+    edge.shutdown().await;
+}
