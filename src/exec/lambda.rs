@@ -752,36 +752,16 @@ impl LambdaPool {
         StatusCode::ACCEPTED
     }
 
-    /// The streamed response of `rid` ended (`ok`: cleanly).
+    /// The streamed response of `rid` ended (`ok`: cleanly): the worker is
+    /// done with it, as if it had answered (its caller has the stream
+    /// already; this meters the whole run).
     fn end_stream(&self, worker: u64, rid: &str, ok: bool) -> StatusCode {
-        let now = Instant::now();
-        let running = {
-            let mut st = self.lock();
-            let Some(slot) = st.slots.get_mut(&worker) else {
-                return StatusCode::GONE;
-            };
-            if slot
-                .current
-                .as_ref()
-                .is_none_or(|r| r.data.request_id != rid)
-            {
-                return StatusCode::BAD_REQUEST;
-            }
-            let running = slot.current.take();
-            slot.phase = Phase::Returning;
-            slot.wake.notify_one();
-            st.consecutive_crashes = 0;
-            running
+        let result = if ok {
+            Ok(Reply::default())
+        } else {
+            Err(ExecError::Internal("stream aborted".into()))
         };
-        if let Some(r) = running {
-            let result = if ok {
-                Ok(Reply::default())
-            } else {
-                Err(ExecError::Internal("stream aborted".into()))
-            };
-            self.finish(r, result, now);
-        }
-        StatusCode::ACCEPTED
+        self.respond(worker, rid, result)
     }
 
     /// The client of `rid`'s stream went away: the worker is stopped (and

@@ -932,12 +932,7 @@ async fn streams_cross_the_mesh_as_they_are_written() {
         .send_streaming(Request::invoke("broken", Bytes::from_static(b"x")))
         .await
         .expect("invoke");
-    let end = loop {
-        match r.chunk().await {
-            Some(Ok(_)) => {}
-            other => break other,
-        }
-    };
+    let (_, end) = crate::stream::to_end(&mut r).await;
     assert!(end.expect("an abort").is_err());
     // The client leaves fra: the process on sin stops.
     let mut r = conn
@@ -947,23 +942,10 @@ async fn streams_cross_the_mesh_as_they_are_written() {
     for _ in 0..3 {
         r.chunk().await.expect("a chunk").expect("data");
     }
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let pid = crate::stream::pid_in(&pid_file).await;
     drop(r);
-    let mut alive = true;
-    for _ in 0..100 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status.is_empty() || status.contains("State:\tZ") {
-            alive = false;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        !alive,
+        crate::stream::gone(pid).await,
         "the command on sin runs on after the client left fra"
     );
     fleet.shutdown(Duration::from_secs(2)).await;

@@ -94,19 +94,89 @@ fn curl_stream(edge: &TestEdge, proto: &str, path: &str) -> (Arrivals, Option<i3
         .stderr(Stdio::piped())
         .spawn()
         .expect("curl runs (.ci/deps-web.sh installs it)");
-    let mut arrivals = Arrivals::default();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = Vec::new();
-    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-        arrivals.push(&line);
-        line.clear();
-    }
+    let arrivals = read_arrivals(&mut BufReader::new(child.stdout.take().expect("stdout")));
     let status = child.wait_with_output().expect("curl exits");
     (
         arrivals,
         status.status.code(),
         String::from_utf8_lossy(&status.stderr).into_owned(),
     )
+}
+
+/// `curl -N --http2 -D -` of `https://{host}:{port}{path}` on fra's TCP
+/// listener, its stdout piped: the head first, then the body as it comes.
+fn curl_url(edge: &TestEdge, host: &str, path: &str) -> std::process::Child {
+    let port = edge.tcp.port();
+    Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--http2",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(edge.cert())
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}{path}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl")
+}
+
+/// The response head `curl -D -` printed, lower case.
+fn read_head(out: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            return head;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+}
+
+/// The rest of a child's output, as it arrives.
+fn read_arrivals(out: &mut BufReader<std::process::ChildStdout>) -> Arrivals {
+    let mut a = Arrivals::default();
+    let mut line = Vec::new();
+    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        a.push(&line);
+        line.clear();
+    }
+    a
+}
+
+/// A streamed reply read to its end: the bytes, then `None` for a clean
+/// end or the abort.
+pub(crate) async fn to_end(
+    r: &mut fnroute::mesh::transport::Reply,
+) -> (Vec<u8>, Option<Result<Bytes, String>>) {
+    let mut got = Vec::new();
+    loop {
+        match r.chunk().await {
+            Some(Ok(c)) => got.extend_from_slice(&c),
+            other => return (got, other),
+        }
+    }
+}
+
+/// The same over HTTP/2.
+async fn h2_to_end(body: &mut h2::RecvStream) -> (Vec<u8>, Option<Result<Bytes, h2::Error>>) {
+    let mut got = Vec::new();
+    loop {
+        match body.data().await {
+            Some(Ok(c)) => {
+                let _ = body.flow_control().release_capacity(c.len());
+                got.extend_from_slice(&c);
+            }
+            other => return (got, other),
+        }
+    }
 }
 
 /// An h2 request to fra's TCP listener: the response and its body.
@@ -188,13 +258,7 @@ async fn a_failure_after_the_first_byte_aborts_the_stream_on_every_protocol() {
         .await
         .expect("invoke");
     assert_eq!(r.status, 200);
-    let mut got = Vec::new();
-    let end = loop {
-        match r.chunk().await {
-            Some(Ok(c)) => got.extend_from_slice(&c),
-            other => break other,
-        }
-    };
+    let (got, end) = to_end(&mut r).await;
     // RESET_STREAM may discard what was written but not yet delivered.
     assert!(got.starts_with(b"first\n"), "{got:?}");
     assert!(b"first\nsecond\n".starts_with(&got), "{got:?}");
@@ -206,13 +270,7 @@ async fn a_failure_after_the_first_byte_aborts_the_stream_on_every_protocol() {
     // HTTP/2: RST_STREAM(INTERNAL_ERROR).
     let (head, mut body) = h2_post(&edge, "/fn/breaks").await;
     assert_eq!(head.status, 200);
-    let mut got = Vec::new();
-    let end = loop {
-        match body.data().await {
-            Some(Ok(c)) => got.extend_from_slice(&c),
-            other => break other,
-        }
-    };
+    let (got, end) = h2_to_end(&mut body).await;
     assert!(got.starts_with(b"first\n"), "{got:?}");
     assert!(b"first\nsecond\n".starts_with(&got), "{got:?}");
     let e = end.expect("an abort").expect_err("an abort");
@@ -257,7 +315,7 @@ async fn a_failure_after_the_first_byte_aborts_the_stream_on_every_protocol() {
 }
 
 /// The pid in `file` once it is there.
-async fn pid_in(file: &std::path::Path) -> u32 {
+pub(crate) async fn pid_in(file: &std::path::Path) -> u32 {
     for _ in 0..100 {
         if let Some(pid) = std::fs::read_to_string(file)
             .ok()
@@ -271,7 +329,7 @@ async fn pid_in(file: &std::path::Path) -> u32 {
 }
 
 /// Waits until process `pid` is gone (or a zombie).
-async fn gone(pid: u32) -> bool {
+pub(crate) async fn gone(pid: u32) -> bool {
     for _ in 0..100 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if status.is_empty() || status.contains("State:\tZ") {
@@ -430,12 +488,8 @@ async fn a_streaming_lambda_runtime_function_streams_over_every_protocol() {
         .await;
     if let Ok(mut r) = sent {
         let mut a = Arrivals::default();
-        let end = loop {
-            match r.chunk().await {
-                Some(Ok(c)) => a.push(&c),
-                other => break other,
-            }
-        };
+        let (got, end) = to_end(&mut r).await;
+        a.push(&got);
         assert!(a.lines.len() <= 2, "{:?}", a.lines);
         assert!(end.expect("an abort").is_err());
     }
@@ -498,34 +552,9 @@ async fn a_streamed_function_url_takes_its_head_from_the_prelude() {
         ..Opts::default()
     })
     .await;
-    let port = edge.tcp.port();
-    let mut child = Command::new("curl")
-        .args([
-            "-sS",
-            "-N",
-            "--http2",
-            "-D",
-            "-",
-            "--max-time",
-            "10",
-            "--cacert",
-        ])
-        .arg(edge.cert())
-        .arg("--resolve")
-        .arg(format!("sse.fn.test:{port}:127.0.0.1"))
-        .arg(format!("https://sse.fn.test:{port}/events"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
+    let mut child = curl_url(&edge, "sse.fn.test", "/events");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
+    let head = read_head(&mut out);
     assert!(head.starts_with("http/2 201"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
     assert!(
@@ -533,12 +562,7 @@ async fn a_streamed_function_url_takes_its_head_from_the_prelude() {
         "{head}"
     );
     assert!(!head.contains("content-length"), "{head}");
-    let mut a = Arrivals::default();
-    let mut line = Vec::new();
-    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-        a.push(&line);
-        line.clear();
-    }
+    let a = read_arrivals(&mut out);
     assert!(child.wait().expect("curl").success());
     a.check(5, Duration::from_millis(60), "sse");
     edge.shutdown().await;
@@ -584,12 +608,7 @@ async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
         ))
         .await
         .expect("invoke");
-    let end = loop {
-        match r.chunk().await {
-            Some(Ok(_)) => {}
-            other => break other,
-        }
-    };
+    let (_, end) = to_end(&mut r).await;
     assert!(end.expect("an abort").is_err());
     let (_, mut body) = h2_post_with(
         &edge,
@@ -597,12 +616,7 @@ async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
         Bytes::from_static(br#"{"lines": 2, "error": "Stream.Broke"}"#),
     )
     .await;
-    let end = loop {
-        match body.data().await {
-            Some(Ok(_)) => {}
-            other => break other,
-        }
-    };
+    let (_, end) = h2_to_end(&mut body).await;
     let e = end.expect("an abort").expect_err("an abort");
     assert_eq!(e.reason(), Some(h2::Reason::INTERNAL_ERROR));
     assert_eq!(stats(&edge, "trailers").crashes, 0);
@@ -623,49 +637,13 @@ async fn a_wasm_component_streams_its_outgoing_body() {
         ..Opts::default()
     })
     .await;
-    let port = edge.tcp.port();
-    let curl = |path: &str| {
-        Command::new("curl")
-            .args([
-                "-sS",
-                "-N",
-                "--http2",
-                "-D",
-                "-",
-                "--max-time",
-                "10",
-                "--cacert",
-            ])
-            .arg(edge.cert())
-            .arg("--resolve")
-            .arg(format!("pyticks.fn.test:{port}:127.0.0.1"))
-            .arg(format!("https://pyticks.fn.test:{port}{path}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("curl")
-    };
-    let read_head = |out: &mut BufReader<std::process::ChildStdout>| {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                return head;
-            }
-            head.push_str(&line.to_ascii_lowercase());
-        }
-    };
+    let curl = |path: &str| curl_url(&edge, "pyticks.fn.test", path);
     let mut child = curl("/ticks");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let head = read_head(&mut out);
     assert!(head.starts_with("http/2 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
-    let mut a = Arrivals::default();
-    let mut line = Vec::new();
-    while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-        a.push(&line);
-        line.clear();
-    }
+    let a = read_arrivals(&mut out);
     assert!(child.wait().expect("curl").success());
     a.check(5, Duration::from_millis(60), "wasm");
     // A trap after two events: curl sees the stream reset (HTTP/2
@@ -840,13 +818,7 @@ async fn fnroute_invoke_prints_chunks_as_they_arrive() {
                     .stderr(Stdio::piped())
                     .spawn()
                     .expect("fnroute");
-                let mut a = Arrivals::default();
-                let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-                let mut line = Vec::new();
-                while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                    a.push(&line);
-                    line.clear();
-                }
+                let a = read_arrivals(&mut BufReader::new(child.stdout.take().expect("stdout")));
                 (a, child.wait().expect("exit").success())
             })
             .await
@@ -882,7 +854,7 @@ async fn fnroute_invoke_prints_chunks_as_they_arrive() {
 }
 
 /// VmRSS of process `pid`, in KiB.
-fn rss_of(pid: u32) -> u64 {
+pub(crate) fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -453,15 +453,7 @@ fn still_serves(edge: &TestEdge, proto: &str) {
 
 /// This process's resident memory (the edge runs in it).
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::stream::rss_of(std::process::id())
 }
 
 /// Function URLs: a request to `<function>.<zone>` goes to that function
