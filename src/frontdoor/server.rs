@@ -352,6 +352,7 @@ fn spawn_request(
     let remote = conn.remote_address();
     requests.spawn(Box::pin(request(
         shared.clone(),
+        conn.clone(),
         resolver,
         early,
         peer,
@@ -392,6 +393,7 @@ enum Next<T> {
 /// stops the peer's sending instead (quinn sends STOP_SENDING on drop).
 async fn request(
     shared: Arc<Shared>,
+    conn: quinn::Connection,
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     early: bool,
     peer: Option<String>,
@@ -431,11 +433,11 @@ async fn request(
         let result = Box::pin(pipeline::serve(&shared.p, &call, &mut stream)).await;
         pipeline::record_invocation(&shared.p, &call, &result);
         let sent = match result {
-            Ok(resp) => send(&mut stream, resp.0, resp.1).await,
+            Ok(resp) => send(&mut stream, &conn, resp.0, resp.1).await,
             Err(problem) => {
                 tracing::debug!(status = problem.status().as_u16(), detail = %problem.detail, "problem");
                 let (head, body) = pipeline::problem_response(&shared.p.edge_name, &call.id, &problem);
-                send(&mut stream, head, body).await
+                send(&mut stream, &conn, head, body).await
             }
         };
         if let Err(e) = sent {
@@ -491,16 +493,31 @@ async fn read_body(stream: &mut Stream, max: u64, deadline: Instant) -> Result<B
 
 /// Sends a response. A stream that fails after its head is reset
 /// (RESET_STREAM with `H3_INTERNAL_ERROR`), so the client can tell a cut
-/// body from a complete one; a client that stops reading (STOP_SENDING, a
-/// closed connection) fails the next `send_data`, and dropping the body
-/// stops the function.
+/// body from a complete one. A client that goes away stops the function
+/// (dropping the body does): a closed connection at once, even while the
+/// function is quiet; a STOP_SENDING at the next `send_data` (h3 0.0.8
+/// has no way to wait for it).
 async fn send(
     stream: &mut Stream,
+    conn: &quinn::Connection,
     head: Response<()>,
     mut body: ReplyBody,
 ) -> Result<(), h3::error::StreamError> {
     stream.send_response(head).await?;
-    while let Some(chunk) = body.next().await {
+    loop {
+        let chunk = if body.is_stream() {
+            tokio::select! {
+                biased;
+                c = body.next() => c,
+                _ = conn.closed() => {
+                    tracing::debug!("client connection closed mid-stream");
+                    return Ok(());
+                }
+            }
+        } else {
+            body.next().await
+        };
+        let Some(chunk) = chunk else { break };
         match chunk {
             Ok(b) => stream.send_data(b).await?,
             Err(e) => {

@@ -1050,3 +1050,43 @@ async fn a_streaming_worker_of_a_buffered_function_is_buffered() {
     );
     edge.shutdown().await;
 }
+
+/// An HTTP/3 client whose connection closes while the function is quiet
+/// (nothing to send, so nothing fails a write): the function is stopped
+/// at once, not at its next chunk or `stream_idle_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_stops_a_quiet_function() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("quiet.pid");
+    let script = format!(
+        "echo $$ > {}; echo first; sleep 30; echo never",
+        pid_file.display()
+    );
+    let mut edge = start(Opts {
+        functions: stream_fn(
+            "quiet",
+            &script,
+            "stream_idle_ms = 60000\ntimeout_ms = 60000",
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let client = edge.client();
+    let conn = edge.connect(&client).await;
+    let mut r = conn
+        .send_streaming(Request::invoke("quiet", Bytes::from_static(b"x")))
+        .await
+        .expect("invoke");
+    assert_eq!(
+        &r.chunk().await.expect("a chunk").expect("data")[..],
+        b"first\n"
+    );
+    let pid = pid_in(&pid_file).await;
+    conn.quic().close(0u32.into(), b"bye");
+    drop(r);
+    assert!(
+        gone(pid).await,
+        "the quiet command outlived its client's connection"
+    );
+    edge.shutdown().await;
+}
