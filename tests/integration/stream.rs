@@ -151,6 +151,17 @@ fn read_arrivals(out: &mut BufReader<std::process::ChildStdout>) -> Arrivals {
     a
 }
 
+/// `POST /fn/{name}` over `conn`, the answer read as it arrives.
+async fn invoke_stream(
+    conn: &fnroute::mesh::transport::Connection,
+    name: &str,
+    payload: &'static [u8],
+) -> fnroute::mesh::transport::Reply {
+    conn.send_streaming(Request::invoke(name, Bytes::from_static(payload)))
+        .await
+        .expect("invoke")
+}
+
 /// A streamed reply read to its end: the bytes, then `None` for a clean
 /// end or the abort.
 pub(crate) async fn to_end(
@@ -213,10 +224,7 @@ async fn a_command_streams_its_lines_as_it_writes_them_over_every_protocol() {
     // HTTP/3.
     let client = edge.client();
     let conn = edge.connect(&client).await;
-    let mut r = conn
-        .send_streaming(Request::invoke("ticks", Bytes::from_static(b"x")))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "ticks", b"x").await;
     assert_eq!(r.status, 200);
     assert!(r.is_streaming(), "no content-length: {:?}", r.headers);
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
@@ -253,10 +261,7 @@ async fn a_failure_after_the_first_byte_aborts_the_stream_on_every_protocol() {
     // HTTP/3: the stream is reset after what was written.
     let client = edge.client();
     let conn = edge.connect(&client).await;
-    let mut r = conn
-        .send_streaming(Request::invoke("breaks", Bytes::from_static(b"x")))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "breaks", b"x").await;
     assert_eq!(r.status, 200);
     let (got, end) = to_end(&mut r).await;
     // RESET_STREAM may discard what was written but not yet delivered.
@@ -368,10 +373,7 @@ async fn a_client_that_goes_away_stops_the_function_and_frees_its_slot() {
     // HTTP/3: three chunks, then the client drops the response.
     let client = edge.client();
     let conn = edge.connect(&client).await;
-    let mut r = conn
-        .send_streaming(Request::invoke("forever-h3", Bytes::from_static(b"x")))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "forever-h3", b"x").await;
     for _ in 0..3 {
         r.chunk().await.expect("a chunk").expect("data");
     }
@@ -399,10 +401,7 @@ async fn a_client_that_goes_away_stops_the_function_and_frees_its_slot() {
         "the command runs on after its h2 client left"
     );
     // The slot is free: another call runs at once (concurrency 1).
-    let mut r = conn
-        .send_streaming(Request::invoke("forever-h3", Bytes::from_static(b"x")))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "forever-h3", b"x").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.chunk().await.expect("a chunk").expect("data");
     drop(r);
@@ -523,13 +522,7 @@ async fn a_lambda_stream_whose_client_leaves_stops_its_worker() {
     drop(r);
     assert!(gone(pid).await, "the worker runs on after its client left");
     // Replaced, and not counted as a crash: the next call runs.
-    let mut r = conn
-        .send_streaming(Request::invoke(
-            "lleave",
-            Bytes::from_static(br#"{"chunks": 2, "every_ms": 1}"#),
-        ))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "lleave", br#"{"chunks": 2, "every_ms": 1}"#).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let mut n = 0;
     while let Some(c) = r.chunk().await {
@@ -587,13 +580,7 @@ async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
     let conn = edge.connect(&client).await;
     // A clean end: every line, then the end; the POST's type is the
     // response's.
-    let mut r = conn
-        .send_streaming(Request::invoke(
-            "trailers",
-            Bytes::from_static(br#"{"lines": 3}"#),
-        ))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "trailers", br#"{"lines": 3}"#).await;
     assert_eq!(r.header("content-type"), Some("text/plain"));
     let mut got = Vec::new();
     while let Some(c) = r.chunk().await {
@@ -601,13 +588,12 @@ async fn a_runtime_reporting_an_error_in_trailers_aborts_the_stream() {
     }
     assert_eq!(got, b"line 0\nline 1\nline 2\n");
     // The error trailers: an abort, over HTTP/2 too.
-    let mut r = conn
-        .send_streaming(Request::invoke(
-            "trailers",
-            Bytes::from_static(br#"{"lines": 2, "error": "Stream.Broke"}"#),
-        ))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(
+        &conn,
+        "trailers",
+        br#"{"lines": 2, "error": "Stream.Broke"}"#,
+    )
+    .await;
     let (_, end) = to_end(&mut r).await;
     assert!(end.expect("an abort").is_err());
     let (_, mut body) = h2_post_with(
@@ -1032,13 +1018,7 @@ async fn a_streaming_worker_of_a_buffered_function_is_buffered() {
     .await;
     let client = edge.client();
     let conn = edge.connect(&client).await;
-    let r = conn
-        .send_streaming(Request::invoke(
-            "lbuf",
-            Bytes::from_static(br#"{"chunks": 3, "every_ms": 10}"#),
-        ))
-        .await
-        .expect("invoke");
+    let r = invoke_stream(&conn, "lbuf", br#"{"chunks": 3, "every_ms": 10}"#).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(!r.is_streaming());
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
@@ -1073,10 +1053,7 @@ async fn a_closed_connection_stops_a_quiet_function() {
     .await;
     let client = edge.client();
     let conn = edge.connect(&client).await;
-    let mut r = conn
-        .send_streaming(Request::invoke("quiet", Bytes::from_static(b"x")))
-        .await
-        .expect("invoke");
+    let mut r = invoke_stream(&conn, "quiet", b"x").await;
     assert_eq!(
         &r.chunk().await.expect("a chunk").expect("data")[..],
         b"first\n"
