@@ -113,14 +113,7 @@ impl CommandPool {
         deadline: Instant,
     ) -> Result<Output, ExecError> {
         use crate::pipeline::body::{self, StreamError};
-        let env = [
-            ("FNROUTE_FUNCTION", self.f.name.to_string()),
-            ("FNROUTE_REQUEST_ID", inv.request_id.clone()),
-            ("TRACEPARENT", inv.trace.clone().unwrap_or_default()),
-        ];
-        let mut group =
-            Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;
-        self.gate.bump(|s| s.spawned += 1);
+        let mut group = self.spawn(&inv.request_id, inv.trace.as_deref())?;
         let stdin = group.child.stdin.take();
         let Some(mut stdout) = group.child.stdout.take() else {
             return Err(ExecError::Internal("no stdout pipe".into()));
@@ -283,6 +276,21 @@ impl CommandPool {
         })
     }
 
+    /// The command's process group for one invocation, counted.
+    fn spawn(&self, request_id: &str, trace: Option<&str>) -> Result<Group, ExecError> {
+        // TRACEPARENT: the W3C trace context as an environment variable
+        // (the OpenTelemetry convention for processes).
+        let env = [
+            ("FNROUTE_FUNCTION", self.f.name.to_string()),
+            ("FNROUTE_REQUEST_ID", request_id.to_string()),
+            ("TRACEPARENT", trace.unwrap_or_default().to_string()),
+        ];
+        let group =
+            Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;
+        self.gate.bump(|s| s.spawned += 1);
+        Ok(group)
+    }
+
     async fn run(
         &self,
         request_id: &str,
@@ -291,16 +299,7 @@ impl CommandPool {
         deadline: Instant,
         started: Instant,
     ) -> Result<(Bytes, Option<String>), ExecError> {
-        // TRACEPARENT: the W3C trace context as an environment variable
-        // (the OpenTelemetry convention for processes).
-        let env = [
-            ("FNROUTE_FUNCTION", self.f.name.to_string()),
-            ("FNROUTE_REQUEST_ID", request_id.to_string()),
-            ("TRACEPARENT", trace.unwrap_or_default().to_string()),
-        ];
-        let mut group =
-            Group::spawn(&self.f, &env, true).map_err(|e| ExecError::Internal(e.to_string()))?;
-        self.gate.bump(|s| s.spawned += 1);
+        let mut group = self.spawn(request_id, trace)?;
         let stdin = group.child.stdin.take();
         let stdout = group.child.stdout.take();
         let stderr = group.child.stderr.take();
